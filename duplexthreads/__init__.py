@@ -1,0 +1,44 @@
+"""duplexthreads: a WebSocket connection run as a team of threads that live and die together.
+
+Each connection has a reader thread, a writer thread and an owner. The first of them to end
+decides how the connection ended; the owner then stops the others wherever they are blocked,
+closes the socket exactly once, and publishes one :class:`ExitReport`.
+"""
+
+from __future__ import annotations
+
+from .client import BACKENDS, connect
+from .exceptions import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    DuplexError,
+    HandshakeRejected,
+    TransportError,
+)
+from .report import ExitReport, Message, Reason
+from .server import accept
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_QUEUE",
+    "ConnectError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "Duplex",
+    "DuplexError",
+    "ExitReport",
+    "HandshakeRejected",
+    "Message",
+    "Reason",
+    "TransportError",
+    "__version__",
+    "accept",
+    "connect",
+]

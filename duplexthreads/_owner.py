@@ -1,0 +1,189 @@
+"""The owner protocol: wait for the first exit cause, stop every worker, account for everything.
+
+The owner runs in the caller's thread (``Duplex.run``) or in a thread of its own
+(``Duplex.start``). It is the only code that sets *quit*, seals the queues, shuts the transport
+down and closes it, which is what makes teardown happen exactly once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+from ._queues import SealableQueue
+from .exceptions import TransportError
+from .report import ABNORMAL_CLOSURE, ExitReport, Message, Reason, WorkerExit
+from .transports.base import Transport
+
+#: How long the workers get to exit once woken; they need microseconds, this is a backstop.
+WAKE_TIMEOUT = 2.0
+
+_SENDABLE_REPLY_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    """Posted on the done queue by ``Duplex.close()``."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    """Posted on the done queue by ``Duplex.abort()``."""
+
+
+@dataclass(frozen=True)
+class _Cause:
+    first: str
+    reason: Reason
+    error: Optional[BaseException] = None
+    close_code: int = ABNORMAL_CLOSURE
+    close_reason: str = ""
+    #: The close frame we still owe the peer, sent once the writer has stopped.
+    reply: Optional[Tuple[int, str]] = None
+
+
+@dataclass
+class Wiring:
+    """What the owner shares with the workers; built by the Duplex."""
+
+    connection_id: int
+    transport: Transport
+    quit: threading.Event
+    outbound: "SealableQueue[Message]"
+    inbound: "SealableQueue[Message]"
+    done: "queue.Queue[object]"
+    workers: Dict[str, threading.Thread]
+    close_timeout: Optional[float]
+    set_close_request: Callable[[Tuple[int, str]], None]
+
+
+class Owner:
+    """Runs the exit protocol once for one connection and returns its :class:`ExitReport`."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self._w = wiring
+        # Reports received so far, by role; touched only by the owner's thread.
+        self._exits: Dict[str, WorkerExit] = {}
+
+    def run(self) -> ExitReport:
+        return self.finish(self.wait_for_cause())
+
+    def finish(self, cause: Optional[_Cause] = None) -> ExitReport:
+        """Stop everything and build the report; ``None`` means the application aborted."""
+        if cause is None:
+            cause = _Cause("owner", Reason.ABORTED)
+        started = time.monotonic()
+        w = self._w
+        w.quit.set()
+        w.outbound.seal()
+        if cause.reply is not None:
+            self._reply_once_writer_stopped(cause.reply)
+        w.transport.shutdown()
+        w.inbound.seal()
+        deadline = time.monotonic() + WAKE_TIMEOUT
+        self._collect(lambda: len(self._exits) == len(w.workers), deadline)
+        for thread in w.workers.values():
+            thread.join(_remaining(deadline))
+        w.transport.close(_remaining(deadline))
+        lingering = tuple(
+            thread.name for thread in (*w.workers.values(), *w.transport.backend_threads()) if thread.is_alive()
+        )
+        writer = self._exits.get("writer")
+        unsent = (writer.unwritten if writer else ()) + tuple(w.outbound.drain())
+        return ExitReport(
+            connection_id=w.connection_id,
+            first=cause.first,
+            reason=cause.reason,
+            error=cause.error,
+            close_code=cause.close_code,
+            close_reason=cause.close_reason,
+            unsent=unsent,
+            written=writer.written if writer else 0,
+            teardown_seconds=time.monotonic() - started,
+            lingering=lingering,
+        )
+
+    def wait_for_cause(self) -> _Cause:
+        """Block until something ends the connection; a close request opens a bounded wait."""
+        w = self._w
+        closing: Optional[CloseRequest] = None
+        deadline: Optional[float] = None
+        while True:
+            try:
+                item = w.done.get(timeout=None if deadline is None else _remaining(deadline))
+            except queue.Empty:
+                assert closing is not None
+                error = TimeoutError(f"close handshake did not finish within {w.close_timeout} s")
+                return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
+            if isinstance(item, AbortRequest):
+                return _Cause("owner", Reason.ABORTED)
+            if isinstance(item, CloseRequest):
+                if closing is None:
+                    closing = item
+                    if w.close_timeout is not None:
+                        deadline = time.monotonic() + w.close_timeout
+                    # The writer reads the request once the sealed queue runs dry.
+                    w.set_close_request((item.code, item.reason))
+                    w.outbound.seal()
+                continue
+            assert isinstance(item, WorkerExit)
+            self._exits[item.role] = item
+            if closing is None:
+                return _cause_of(item)
+            if item.role == "writer" and item.close_sent:
+                continue  # our close frame is out; wait for the peer's answer
+            if item.role == "reader" and item.peer_close is not None:
+                # The answer, or the peer's own close crossing ours: reply if ours never left.
+                return _Cause("owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, (closing.code, closing.reason))
+            error = item.error or RuntimeError(f"{item.role} ended during the close handshake")
+            return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
+
+    def _reply_once_writer_stopped(self, reply: Tuple[int, str]) -> None:
+        """Send the close frame we owe, after the writer stopped, so it is the last frame sent."""
+        w = self._w
+        deadline = None if w.close_timeout is None else time.monotonic() + w.close_timeout
+        self._collect(lambda: "writer" in self._exits, deadline)
+        writer = self._exits.get("writer")
+        if writer is None or writer.error is not None or writer.close_sent:
+            return
+        try:
+            w.transport.send_close(*reply)
+        except TransportError:
+            pass  # the peer is gone; the report already says how the connection ended
+
+    def _collect(self, satisfied: Callable[[], bool], deadline: Optional[float]) -> None:
+        """Take worker reports until ``satisfied()`` or the deadline; requests are moot now."""
+        while not satisfied():
+            try:
+                item = self._w.done.get(timeout=None if deadline is None else _remaining(deadline))
+            except queue.Empty:
+                return
+            if isinstance(item, WorkerExit):
+                self._exits[item.role] = item
+
+
+def _cause_of(first: WorkerExit) -> _Cause:
+    """What the first worker report means when nobody asked to close."""
+    if first.role == "reader":
+        if first.peer_close is not None:
+            code, reason = first.peer_close
+            reply_code = code if code in _SENDABLE_REPLY_CODES or 3000 <= code <= 4999 else 1000
+            return _Cause("reader", Reason.PEER_CLOSED, None, code, reason, (reply_code, reason))
+        if first.error is None or isinstance(first.error, TransportError):
+            return _Cause("reader", Reason.READ_ERROR, first.error)
+        # The on_message callback raised: the connection is fine, so tell the peer politely.
+        return _Cause("reader", Reason.READ_ERROR, first.error, 1011, "", (1011, ""))
+    if first.role == "writer":
+        return _Cause("writer", Reason.WRITE_ERROR, first.error)
+    code = 1000 if first.error is None else 1011
+    return _Cause(first.role, Reason.WORKER_EXIT, first.error, code, "", (code, ""))
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

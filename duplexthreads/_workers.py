@@ -1,0 +1,93 @@
+"""The worker loops: reader and writer, and the wrapper every worker thread runs in.
+
+Each loop returns a :class:`WorkerExit`; :func:`run_worker` posts exactly one report on the
+done queue from ``finally``, whatever happens, so the owner can always count its workers home.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, List, Optional, Tuple
+
+from ._queues import SealableQueue, Sealed
+from .exceptions import TransportError
+from .report import Message, WorkerExit
+from .transports.base import CloseFrame, Transport, WriteError
+
+#: Most messages the writer takes off the queue for one write.
+MAX_BATCH = 1024
+
+
+def run_worker(role: str, body: Callable[[], WorkerExit], done: "queue.Queue[object]") -> None:
+    """Thread target: run ``body`` and post one report, even if it raises."""
+    report: Optional[WorkerExit] = None
+    try:
+        report = body()
+    except BaseException as exc:  # noqa: BLE001 - the report carries it to the owner
+        report = WorkerExit(role, error=exc)
+    finally:
+        if report is None:  # only if posting the exception's report itself failed
+            report = WorkerExit(role, error=RuntimeError(f"{role} ended without a report"))
+        done.put(report)
+
+
+def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> WorkerExit:
+    """Receive until the peer's close frame or an error; hand each message to ``deliver``.
+
+    ``deliver`` is the ``on_message`` callback or a put on the inbound queue; an exception it
+    raises ends the loop and becomes the reader's error (``Sealed`` means teardown stopped us).
+    """
+    while True:
+        try:
+            item = transport.recv()
+        except TransportError as exc:
+            return WorkerExit("reader", error=exc)
+        if isinstance(item, CloseFrame):
+            return WorkerExit("reader", peer_close=(item.code, item.reason))
+        try:
+            deliver(item)
+        except Sealed:
+            return WorkerExit("reader")
+
+
+def write_loop(
+    transport: Transport,
+    outbound: "SealableQueue[Message]",
+    quit: threading.Event,
+    close_request: Callable[[], Optional[Tuple[int, str]]],
+) -> WorkerExit:
+    """Write what the application queues, in batches, until quit or a graceful close.
+
+    A sealed and empty queue without quit means a graceful close: everything accepted was
+    written, so the writer sends our close frame and ends. With quit set, whatever the writer
+    holds goes back to the owner as ``unwritten``.
+    """
+    written = 0
+    while True:
+        batch: List[Message] = outbound.get_batch(MAX_BATCH)
+        if quit.is_set():
+            return WorkerExit("writer", unwritten=tuple(batch), written=written)
+        if not batch:
+            request = close_request()
+            if request is None:
+                return WorkerExit("writer", written=written)
+            try:
+                transport.send_close(*request)
+            except TransportError as exc:
+                return WorkerExit("writer", error=exc, written=written)
+            return WorkerExit("writer", close_sent=True, written=written)
+        try:
+            transport.send_batch(batch)
+        except WriteError as exc:
+            written += exc.written
+            return WorkerExit("writer", error=exc, unwritten=tuple(batch[exc.written :]), written=written)
+        except TransportError as exc:
+            return WorkerExit("writer", error=exc, unwritten=tuple(batch), written=written)
+        written += len(batch)
+
+
+def extra_worker(role: str, target: Callable[[threading.Event], None], quit: threading.Event) -> WorkerExit:
+    """Run an application worker; it must return promptly once ``quit`` is set."""
+    target(quit)
+    return WorkerExit(role)

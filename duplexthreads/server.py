@@ -1,0 +1,40 @@
+"""``accept()``: the server side of a WebSocket inside a WSGI app (Flask, Werkzeug, Gunicorn)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from .report import Message
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex
+
+__all__ = ["accept"]
+
+
+def accept(
+    environ: Dict[str, Any],
+    *,
+    subprotocols: Optional[Sequence[str]] = None,
+    close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+    max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
+    max_message_size: Optional[int] = None,
+    on_message: Optional[Callable[[Message], None]] = None,
+) -> Duplex:
+    """Upgrade the WSGI request in ``environ`` and return the connection, already started.
+
+    Use it in a view and keep the view running until the connection ends (``for message in
+    conn``, or ``conn.wait()``): the WSGI server owns the socket and reuses it once the view
+    returns. Raises :class:`~duplexthreads.ConnectError` when the request is not a WebSocket
+    upgrade or the server does not expose its socket.
+    """
+    from .transports.simple_websocket import SimpleWebSocketTransport
+
+    transport = SimpleWebSocketTransport.accept(
+        environ, subprotocols=subprotocols, max_message_size=max_message_size
+    )
+    try:
+        conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    except BaseException:
+        transport.shutdown()
+        transport.close(0)
+        raise
+    return conn.start()

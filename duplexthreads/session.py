@@ -1,0 +1,347 @@
+"""``Duplex``: one connection run by a reader, a writer and an owner that live and die together.
+
+The application talks to the threads only through queues and events: ``send`` puts on the
+outbound queue, ``recv`` takes from the inbound queue, ``close``/``abort`` post a request on the
+done queue where the owner is waiting. See ``_owner.py`` for the exit protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import re
+import threading
+from types import TracebackType
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type
+
+from ._owner import AbortRequest, CloseRequest, Owner, Wiring
+from ._queues import SealableQueue, Sealed
+from ._workers import extra_worker, read_loop, run_worker, write_loop
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from .report import ExitReport, Message
+from .transports.base import Transport, check_close_code
+
+__all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "Duplex"]
+
+#: Seconds a graceful close may take (flush, close frame, the peer's answer) before it is cut.
+DEFAULT_CLOSE_TIMEOUT = 5.0
+#: Messages each of the outbound and inbound queues holds before ``send`` or the reader waits.
+DEFAULT_MAX_QUEUE = 1024
+
+_RESERVED_ROLES = frozenset({"reader", "writer", "owner", "backend"})
+_ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class Duplex:
+    """A WebSocket connection run as a team of threads.
+
+    ``transport`` is an open :class:`~duplexthreads.transports.Transport`. Messages arrive through
+    ``recv()`` (or iteration), or through ``on_message(message)`` called in the reader thread; an
+    exception raised by ``on_message`` ends the connection as a read error. ``max_queue`` bounds
+    both queues, in messages (``None`` for no bound). ``close_timeout`` bounds ``close()``
+    (``None`` waits for the peer forever).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        on_message: Optional[Callable[[Message], None]] = None,
+        max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
+        close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        if not isinstance(transport, Transport):
+            raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
+        if max_queue is not None and (not isinstance(max_queue, int) or max_queue < 1):
+            raise ValueError(f"max_queue must be a positive int or None, not {max_queue!r}")
+        if close_timeout is not None and not close_timeout >= 0:
+            raise ValueError(f"close_timeout must be >= 0 or None, not {close_timeout!r}")
+        if on_message is not None and not callable(on_message):
+            raise TypeError("on_message must be callable")
+        self.transport = transport
+        self.id = transport.connection_id
+        self.close_timeout = close_timeout
+        self._on_message = on_message
+        # Set by the owner alone, once the connection is ending; every worker loop honours it.
+        self._quit = threading.Event()
+        # Application -> writer. Sealed by the owner; what is left in it becomes report.unsent.
+        self._outbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
+        # Reader -> recv(). Sealed after the reader is told to stop; recv() drains it first.
+        self._inbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
+        # Workers post one WorkerExit each; close()/abort() post requests; only the owner reads.
+        self._done: queue.Queue[object] = queue.Queue()
+        # Set once the report is published; wait() and close() block on it.
+        self._finished = threading.Event()
+        # Guards _state, _workers, _owner_thread and _close_request against racing callers.
+        self._lock = threading.Lock()
+        self._state = _State.NEW
+        self._workers: Dict[str, threading.Thread] = {}
+        self._extra: Dict[str, Callable[[threading.Event], None]] = {}
+        self._owner_thread: Optional[threading.Thread] = None
+        self._close_request: Optional[Tuple[int, str]] = None
+        self._report: Optional[ExitReport] = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def add_worker(self, role: str, target: Callable[[threading.Event], None]) -> None:
+        """Run ``target(quit)`` in one more thread of the team, from ``start()``/``run()`` on.
+
+        ``target`` must return promptly once the ``quit`` event it is given is set (wait on it
+        with ``quit.wait(interval)``, never ``time.sleep``). If it returns or raises first, the
+        connection ends with reason ``WORKER_EXIT``.
+        """
+        if not isinstance(role, str) or not _ROLE_PATTERN.match(role) or role in _RESERVED_ROLES:
+            raise ValueError(f"invalid worker role {role!r}: use a short lowercase name other than {sorted(_RESERVED_ROLES)}")
+        if not callable(target):
+            raise TypeError("target must be callable")
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise RuntimeError("add_worker() must be called before start() or run()")
+            if role in self._extra:
+                raise ValueError(f"a worker with role {role!r} was already added")
+            self._extra[role] = target
+
+    def start(self) -> Duplex:
+        """Start the workers and an owner thread; return at once (``self``, for chaining)."""
+        owner = self._launch(own_thread=True)
+        owner.start()
+        return self
+
+    def run(self) -> ExitReport:
+        """Start the workers and act as the owner in this thread until the connection ends.
+
+        A ``KeyboardInterrupt`` while waiting aborts the connection, tears it down, then
+        propagates.
+        """
+        self._launch(own_thread=False)
+        owner = Owner(self._wiring())
+        try:
+            cause = owner.wait_for_cause()
+        except KeyboardInterrupt:
+            self._publish(owner.finish(None))
+            raise
+        report = owner.finish(cause)
+        self._publish(report)
+        return report
+
+    def close(self, code: int = 1000, reason: str = "", timeout: Optional[float] = None) -> Optional[ExitReport]:
+        """Close gracefully and return the report; safe to call twice and from any thread.
+
+        Messages already queued are written first, then the close frame; the peer's answer is
+        awaited for at most ``close_timeout`` in all. ``timeout`` bounds how long this call waits
+        (``TimeoutError``); the teardown itself goes on regardless. Called from one of the
+        connection's own threads (an ``on_message`` callback), it starts the close and returns
+        ``None`` at once, since waiting there would wait for itself.
+        """
+        check_close_code(code)
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be str, not {type(reason).__name__}")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("close reason must fit in 123 bytes of UTF-8")
+        if self._tear_down_if_never_started():
+            return self._report
+        self._done.put(CloseRequest(code, reason))
+        if self._in_own_thread():
+            return None
+        return self.wait(timeout)
+
+    def abort(self) -> Optional[ExitReport]:
+        """End the connection at once, without a close handshake; return the report.
+
+        Queued messages are returned in ``report.unsent``. From the connection's own threads it
+        returns ``None`` without waiting, like ``close()``.
+        """
+        if self._tear_down_if_never_started():
+            return self._report
+        self._done.put(AbortRequest())
+        if self._in_own_thread():
+            return None
+        return self.wait()
+
+    def wait(self, timeout: Optional[float] = None) -> ExitReport:
+        """Block until the connection has ended and every thread of it has exited."""
+        if self._in_own_thread():
+            raise RuntimeError("wait() called from one of the connection's own threads would wait for itself")
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"connection {self.id} still open after {timeout} s")
+        owner = self._owner_thread
+        if owner is not None and owner is not threading.current_thread():
+            owner.join()  # it has published the report; joining only waits for it to return
+        assert self._report is not None
+        return self._report
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def send(self, message: Message, timeout: Optional[float] = None) -> None:
+        """Queue ``message`` for the writer: ``str`` as text, bytes-like as binary.
+
+        Blocks while the outbound queue is full, up to ``timeout`` (then ``TimeoutError``).
+        Raises ``TypeError`` for anything else, leaving the connection unharmed, and
+        :class:`ConnectionClosed` once the connection is closing or closed.
+        """
+        if isinstance(message, (str, bytes)):
+            item: Message = message
+        elif isinstance(message, (bytearray, memoryview)):
+            item = bytes(message)  # a copy: later changes by the caller must not leak into the frame
+        else:
+            raise TypeError(f"send() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")
+        try:
+            self._outbound.put(item, timeout=timeout)
+        except Sealed:
+            raise self._closed_error() from None
+        except queue.Full:
+            raise TimeoutError(f"outbound queue still full after {timeout} s") from None
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """Return the next message; ``TimeoutError`` after ``timeout`` seconds without one.
+
+        Once the connection is closed and every message received before has been returned,
+        raises :class:`ConnectionClosed`.
+        """
+        if self._on_message is not None:
+            raise RuntimeError("recv() is not available: messages go to the on_message callback")
+        try:
+            return self._inbound.get(timeout=timeout)
+        except Sealed:
+            raise self._closed_error() from None
+        except queue.Empty:
+            raise TimeoutError(f"no message within {timeout} s") from None
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until a normal close; an abnormal end raises ConnectionClosedError."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosedOK:
+                return
+
+    # -- state -----------------------------------------------------------------------------------------
+
+    @property
+    def report(self) -> Optional[ExitReport]:
+        """The exit report, or ``None`` while the connection is open."""
+        return self._report
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended and its threads have been stopped."""
+        return self._finished.is_set()
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        return self.transport.subprotocol
+
+    def threads(self) -> Tuple[threading.Thread, ...]:
+        """Every thread started for this connection so far, the backend's included."""
+        with self._lock:
+            own = tuple(self._workers.values())
+            if self._owner_thread is not None:
+                own += (self._owner_thread,)
+        return own + self.transport.backend_threads()
+
+    def __enter__(self) -> Duplex:
+        with self._lock:
+            new = self._state is _State.NEW
+        return self.start() if new else self
+
+    def __exit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Duplex {self.id} {self.transport.backend} {self._state.value}>"
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _launch(self, own_thread: bool) -> threading.Thread:
+        """Start the workers (and make, not start, the owner thread); allowed once."""
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise RuntimeError(f"connection {self.id} was already started")
+            self._state = _State.RUNNING
+            bodies: Dict[str, Callable[[], object]] = {
+                "reader": lambda: read_loop(self.transport, self._deliver),
+                "writer": lambda: write_loop(self.transport, self._outbound, self._quit, self._get_close_request),
+            }
+            for role, target in self._extra.items():
+                bodies[role] = lambda role=role, target=target: extra_worker(role, target, self._quit)  # type: ignore[misc]
+            for role, body in bodies.items():
+                self._workers[role] = threading.Thread(
+                    target=run_worker, args=(role, body, self._done), name=self._thread_name(role), daemon=True
+                )
+            owner = threading.Thread(target=self._own, name=self._thread_name("owner"), daemon=True)
+            if own_thread:
+                self._owner_thread = owner
+        for thread in self._workers.values():
+            thread.start()
+        return owner
+
+    def _own(self) -> None:
+        self._publish(Owner(self._wiring()).run())
+
+    def _wiring(self) -> Wiring:
+        return Wiring(
+            connection_id=self.id,
+            transport=self.transport,
+            quit=self._quit,
+            outbound=self._outbound,
+            inbound=self._inbound,
+            done=self._done,
+            workers=self._workers,
+            close_timeout=self.close_timeout,
+            set_close_request=self._set_close_request,
+        )
+
+    def _publish(self, report: ExitReport) -> None:
+        with self._lock:
+            self._report = report
+            self._state = _State.CLOSED
+        self._finished.set()
+
+    def _tear_down_if_never_started(self) -> bool:
+        """close()/abort() before start(): close the transport here; True if that happened."""
+        with self._lock:
+            if self._state is not _State.NEW:
+                return False
+            self._state = _State.RUNNING
+        # With no workers the owner's protocol still applies: seal, shut down, close once.
+        self._publish(Owner(self._wiring()).finish(None))
+        return True
+
+    def _deliver(self, message: Message) -> None:
+        if self._on_message is not None:
+            self._on_message(message)
+        else:
+            self._inbound.put(message)
+
+    def _get_close_request(self) -> Optional[Tuple[int, str]]:
+        with self._lock:
+            return self._close_request
+
+    def _set_close_request(self, request: Tuple[int, str]) -> None:
+        with self._lock:
+            self._close_request = request
+
+    def _in_own_thread(self) -> bool:
+        current = threading.current_thread()
+        return current in self._workers.values() or current is self._owner_thread
+
+    def _closed_error(self) -> ConnectionClosed:
+        """The exception for send/recv on a closing or closed connection."""
+        if not self._in_own_thread():
+            # Teardown is bounded (promise P5), so this wait is too.
+            self._finished.wait()
+        report = self._report
+        if report is not None and report.ok:
+            return ConnectionClosedOK(report)
+        return ConnectionClosedError(report)
+
+    def _thread_name(self, role: str) -> str:
+        return f"duplexthreads-{self.id}-{role}"

@@ -1,0 +1,55 @@
+"""Socket helpers shared by the socket-backed transports."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List, Sequence
+
+from ..exceptions import TransportError
+from .base import WriteError
+
+
+def shutdown_quietly(sock: Any) -> None:
+    """``shutdown(SHUT_RDWR)``, tolerating a socket already shut down or closed (ENOTCONN, EBADF)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+def write_frames(sock: Any, frames: Sequence[bytes]) -> None:
+    """Write ``frames`` back to back, raising :class:`WriteError` with the count fully written.
+
+    ``sendall`` cannot say how far it got before an error; sending in a loop can, and that is
+    what lets the exit report account for every message (promise P4).
+    """
+    data = frames[0] if len(frames) == 1 else b"".join(frames)
+    view = memoryview(data)
+    sent = 0
+    total = len(data)
+    try:
+        while sent < total:
+            sent += sock.send(view[sent:])
+    except (OSError, ValueError) as exc:
+        raise WriteError(f"write failed: {exc!r}", _count_complete(frames, sent)) from exc
+
+
+def _count_complete(frames: Sequence[bytes], sent: int) -> int:
+    complete = 0
+    end = 0
+    for frame in frames:
+        end += len(frame)
+        if end > sent:
+            break
+        complete += 1
+    return complete
+
+
+def translate_read_error(exc: BaseException) -> TransportError:
+    """A reader-side exception as a TransportError (the caller chains it with ``from``)."""
+    if isinstance(exc, TransportError):
+        return exc
+    return TransportError(f"read failed: {exc!r}")
+
+
+__all__: List[str] = ["shutdown_quietly", "translate_read_error", "write_frames"]
