@@ -71,6 +71,11 @@ class Transport(ABC):
         """The subprotocol agreed in the handshake, if any."""
         return None
 
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """True once ``close()`` has released the connection's resources."""
+
     @abstractmethod
     def recv(self) -> Union[Message, CloseFrame]:
         """Block until a whole message or the peer's close frame arrives.

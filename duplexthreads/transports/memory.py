@@ -171,12 +171,14 @@ class MemoryTransport(Transport):
             while self._writes_hang:
                 self._cond.wait()
                 self._raise_if_broken(written=0)
-            written = 0
             if self._write_fault is not None:
-                written = min(self._write_fault_after, len(items))
-                self._accept(items[:written])
-                fault, self._write_fault = self._write_fault, None
-                raise WriteError(f"write failed: {fault!r}", written) from fault
+                if len(items) <= self._write_fault_after:
+                    self._write_fault_after -= len(items)
+                else:
+                    written = self._write_fault_after
+                    self._accept(items[:written])
+                    fault, self._write_fault = self._write_fault, None
+                    raise WriteError(f"write failed: {fault!r}", written) from fault
             if self.peer._closed or self.peer._shut:
                 raise WriteError("broken pipe: the peer has closed", 0) from BrokenPipeError()
             self._accept(items)

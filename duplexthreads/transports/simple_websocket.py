@@ -43,9 +43,6 @@ __all__ = ["SimpleWebSocketTransport"]
 Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
 ThreadFactory = Callable[..., threading.Thread]
 
-# simple-websocket reports "no close frame" and "close frame without a code" both as 1005.
-_NO_STATUS = 1005
-
 
 class _GuardedSocket:
     """The socket as simple-websocket sees it: whole writes under a lock, and no close."""
@@ -225,6 +222,16 @@ class SimpleWebSocketTransport(Transport):
         return cls(ws, guard, connection_id)
 
     @property
+    def raw_socket(self) -> socket.socket:
+        """The underlying socket, for diagnostics and tests; reading or writing it breaks framing."""
+        return self._guard.raw
+
+    @property
+    def closed(self) -> bool:
+        """True once close() released the socket."""
+        return self.raw_socket.fileno() == -1
+
+    @property
     def subprotocol(self) -> Optional[str]:
         chosen = self._ws.subprotocol
         return None if chosen is None else str(chosen)
@@ -238,8 +245,10 @@ class SimpleWebSocketTransport(Transport):
                 raise TransportError("transport shut down") from failure
             if failure is not None:
                 raise TransportError(f"connection lost: {failure!r}") from failure
-            if exc.reason == _NO_STATUS and self._ws.ws.state is ConnectionState.OPEN:
-                raise TransportError("connection ended without a close frame") from exc
+            if self._ws.ws.state not in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+                # wsproto reports a frame it cannot parse as a CloseConnection event without
+                # any close frame having arrived; only a real one moves its state on.
+                raise TransportError(f"protocol error: {exc.message or exc.reason}") from exc
             return CloseFrame(int(exc.reason), exc.message or "")
         if data is None:  # receive() only returns None when it times out; ours has no timeout
             raise TransportError("simple-websocket returned no message")

@@ -80,6 +80,16 @@ class WebSocketClientTransport(Transport):
         return cls(ws)
 
     @property
+    def raw_socket(self) -> socket.socket:
+        """The underlying socket, for diagnostics and tests; reading or writing it breaks framing."""
+        return self._sock
+
+    @property
+    def closed(self) -> bool:
+        """True once close() released the socket."""
+        return self.raw_socket.fileno() == -1
+
+    @property
     def subprotocol(self) -> Optional[str]:
         chosen = self._ws.getsubprotocol()
         return None if chosen is None else str(chosen)

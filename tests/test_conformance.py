@@ -1,0 +1,342 @@
+"""One conformance suite, run over every transport and every exit path.
+
+After each path it checks the promises of DESIGN.md: P1 (no thread of the connection or its
+backend alive), P2 (transport closed once, socket released), P3 (the report), P4 (every
+numbered message either reached the peer's side of the wire or came back in ``unsent``, in
+order) and P5 (teardown bounded: every wait here has a deadline).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+from duplexthreads import (
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    Duplex,
+    ExitReport,
+    Reason,
+    TransportError,
+)
+from duplexthreads.transports import MemoryTransport
+
+from .harness import KINDS, Endpoints, open_endpoints
+from .timing import UNIT
+
+pytestmark = pytest.mark.timeout(30 * UNIT)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def opened(kind: str) -> Iterator[List[Endpoints]]:
+    """Collects what a test opens, and cleans it up even when the test fails."""
+    opened: List[Endpoints] = []
+    yield opened
+    for endpoints in opened:
+        endpoints.close_all()
+
+
+def open_pair(opened: List[Endpoints], kind: str, **options: Any) -> Endpoints:
+    endpoints = open_endpoints(kind, **options)
+    opened.append(endpoints)
+    return endpoints
+
+
+def numbered(count: int) -> List[str]:
+    return [f"message {i}" for i in range(count)]
+
+
+def assert_torn_down(conn: Duplex) -> ExitReport:
+    """P1 and P2, then hand back the report for P3/P4 checks."""
+    report = conn.report
+    assert report is not None and conn.closed
+    assert report.lingering == ()
+    alive = [t.name for t in conn.threads() if t.is_alive()]
+    assert alive == [], f"threads outlived the connection: {alive}"
+    prefix = f"duplexthreads-{conn.id}-"
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+    assert conn.transport.closed
+    if isinstance(conn.transport, MemoryTransport):
+        assert conn.transport.close_calls == 1
+    return report
+
+
+def assert_accounted(sent: List[str], report: ExitReport, peer_got: List[Any], complete: bool) -> None:
+    """P4: sent = written prefix + unsent, and the peer got a prefix of the written part."""
+    assert list(sent[: report.written]) + list(report.unsent) == sent
+    assert peer_got == sent[: len(peer_got)]
+    assert len(peer_got) <= report.written
+    if complete:
+        assert peer_got == sent[: report.written]
+
+
+def test_messages_flow_both_ways(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    pair.conn.send("text é")
+    pair.conn.send(b"\x00\xff" * 5000)
+    pair.conn.send(bytearray(b"ba"))
+    pair.conn.send(memoryview(b"mv"))
+    assert pair.peer.wait_messages(4) == ["text é", b"\x00\xff" * 5000, b"ba", b"mv"]
+    pair.peer.send("from peer")
+    pair.peer.send(b"\x01" * 70000)
+    assert pair.conn.recv(timeout=10 * UNIT) == "from peer"
+    assert pair.conn.recv(timeout=10 * UNIT) == b"\x01" * 70000
+    report = pair.conn.close()
+    assert report is not None and report.ok
+
+
+def test_peer_close_frame(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(20)
+    for message in sent:
+        pair.conn.send(message)
+    got = pair.peer.wait_messages(len(sent))
+    pair.peer.close(1001, "going away")
+    report = pair.conn.wait(10 * UNIT)
+    assert (report.first, report.reason, report.error) == ("reader", Reason.PEER_CLOSED, None)
+    assert (report.close_code, report.close_reason) == (1001, "going away")
+    assert report.ok
+    assert pair.peer.wait_close_frame()[0] == 1001  # we answered the close
+    assert_torn_down(pair.conn)
+    assert_accounted(sent, report, got, complete=True)
+    assert report.unsent == ()
+
+
+def test_peer_reset(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(10)
+    for message in sent:
+        pair.conn.send(message)
+    got = pair.peer.wait_messages(len(sent))
+    pair.peer.reset()
+    report = pair.conn.wait(10 * UNIT)
+    assert report.reason in (Reason.READ_ERROR, Reason.WRITE_ERROR)
+    assert isinstance(report.error, TransportError)
+    assert report.close_code == 1006 and not report.ok
+    assert_torn_down(pair.conn)
+    assert_accounted(sent, report, got, complete=False)
+
+
+def test_peer_fin_without_close_frame(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    pair.conn.send("before")
+    got = pair.peer.wait_messages(1)
+    pair.peer.fin()
+    report = pair.conn.wait(10 * UNIT)
+    assert (report.first, report.reason) == ("reader", Reason.READ_ERROR)
+    assert isinstance(report.error, TransportError)
+    assert report.close_code == 1006
+    assert_torn_down(pair.conn)
+    assert_accounted(["before"], report, got, complete=True)
+
+
+def test_local_close(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(200)
+    for message in sent:
+        pair.conn.send(message)
+    report = pair.conn.close(1000, "done")  # flushes everything queued before the close frame
+    assert report is not None
+    assert (report.first, report.reason, report.error) == ("owner", Reason.LOCAL_CLOSE, None)
+    assert (report.close_code, report.close_reason) == (1000, "done")
+    assert report.ok and report.written == len(sent) and report.unsent == ()
+    got = pair.peer.wait_messages(len(sent))
+    assert pair.peer.wait_close_frame() == (1000, "done")
+    assert_torn_down(pair.conn)
+    assert_accounted(sent, report, got, complete=True)
+    assert pair.conn.close() is report  # idempotent
+
+
+def test_abort(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(500)
+    for message in sent:
+        pair.conn.send(message)
+    report = pair.conn.abort()
+    assert report is not None
+    assert (report.first, report.reason, report.error) == ("owner", Reason.ABORTED, None)
+    assert report.close_code == 1006 and not report.ok
+    assert_torn_down(pair.conn)
+    pair.peer.wait_ended()
+    assert_accounted(sent, report, list(pair.peer.messages), complete=False)
+
+
+def test_read_error(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    if kind == "memory":
+        transport = pair.conn.transport
+        assert isinstance(transport, MemoryTransport)
+        transport.fail_next_read(OSError("injected read failure"))
+    else:
+        pair.peer.send_garbage()  # type: ignore[union-attr]
+    report = pair.conn.wait(10 * UNIT)
+    assert (report.first, report.reason) == ("reader", Reason.READ_ERROR)
+    assert isinstance(report.error, TransportError)
+    assert report.error.__cause__ is not None  # the backend's exception, chained
+    assert_torn_down(pair.conn)
+
+
+def test_write_error(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(5)
+    if kind == "memory":
+        transport = pair.conn.transport
+        assert isinstance(transport, MemoryTransport)
+        transport.fail_writes(BrokenPipeError("injected write failure"), after=2)
+    else:
+        import socket
+
+        pair.conn.transport.raw_socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+    for message in sent:
+        pair.conn.send(message)
+    report = pair.conn.wait(10 * UNIT)
+    assert (report.first, report.reason) == ("writer", Reason.WRITE_ERROR)
+    assert isinstance(report.error, TransportError)
+    assert_torn_down(pair.conn)
+    pair.peer.wait_ended()
+    assert_accounted(sent, report, list(pair.peer.messages), complete=False)
+    if kind == "memory":
+        assert report.written == 2 and report.unsent == tuple(sent[2:])
+
+
+def test_callback_error(opened: List[Endpoints], kind: str) -> None:
+    seen: List[Any] = []
+
+    def on_message(message: Any) -> None:
+        seen.append(message)
+        if message == "boom":
+            raise ValueError("callback failed")
+
+    pair = open_pair(opened, kind, on_message=on_message)
+    with pytest.raises(RuntimeError):
+        pair.conn.recv(timeout=0)
+    pair.peer.send("fine")
+    pair.peer.send("boom")
+    report = pair.conn.wait(10 * UNIT)
+    assert (report.first, report.reason) == ("reader", Reason.READ_ERROR)
+    assert isinstance(report.error, ValueError)
+    assert report.close_code == 1011
+    assert seen == ["fine", "boom"]
+    assert pair.peer.wait_close_frame()[0] == 1011  # the peer is told why
+    assert_torn_down(pair.conn)
+
+
+def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: List[Endpoints], kind: str) -> None:
+    close_timeout = 0.5 * UNIT
+    pair = open_pair(opened, kind, close_timeout=close_timeout, max_queue=2)
+    pair.peer.stop_reading()
+    chunk = b"x" * (1 << 20)
+    sent: List[Any] = []
+    for index in range(256):  # bounded: loopback buffers hold a few MiB at most
+        message = index.to_bytes(4, "big") + chunk
+        try:
+            pair.conn.send(message, timeout=0.3 * UNIT)
+        except TimeoutError:
+            break  # the writer is stuck in a write and the queue is full
+        sent.append(message)
+    else:
+        pytest.fail("the writer never blocked")
+    started = time.monotonic()
+    report = pair.conn.close()
+    elapsed = time.monotonic() - started
+    assert report is not None
+    assert elapsed < close_timeout + 2 * UNIT
+    assert report.reason is Reason.LOCAL_CLOSE and not report.ok
+    assert isinstance(report.error, (TimeoutError, TransportError))
+    assert report.unsent, "messages stuck behind the blocked write come back"
+    assert_torn_down(pair.conn)
+    assert list(sent[: report.written]) + list(report.unsent) == sent
+
+
+def test_close_against_a_silent_peer_is_bounded(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind, close_timeout=0.3 * UNIT)
+    pair.peer.silent = True
+    started = time.monotonic()
+    report = pair.conn.close()
+    assert report is not None
+    assert time.monotonic() - started < 0.3 * UNIT + 2 * UNIT
+    assert report.reason is Reason.LOCAL_CLOSE
+    assert isinstance(report.error, TimeoutError)
+    assert pair.peer.wait_close_frame()[0] == 1000
+    assert_torn_down(pair.conn)
+
+
+def test_misuse_leaves_the_connection_working(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    for bad in (123, None, ["list"], {"a": 1}):
+        with pytest.raises(TypeError):
+            pair.conn.send(bad)  # type: ignore[arg-type]
+    pair.conn.send("still fine")
+    assert pair.peer.wait_messages(1) == ["still fine"]
+    report = pair.conn.close()
+    assert report is not None and report.ok
+    with pytest.raises(ConnectionClosedOK) as closed:
+        pair.conn.send("too late")
+    assert closed.value.report is report
+    with pytest.raises(ConnectionClosedOK):
+        pair.conn.recv(timeout=1 * UNIT)
+
+
+def test_iteration_yields_until_the_peer_closes(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    for message in ("a", b"b", "c"):
+        pair.peer.send(message)
+    pair.peer.close(1000)
+    assert list(pair.conn) == ["a", b"b", "c"]
+    assert_torn_down(pair.conn)
+
+
+def test_iteration_raises_on_an_abnormal_end(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    pair.peer.send("a")
+    pair.peer.fin()
+    received = []
+    with pytest.raises(ConnectionClosedError) as ended:
+        for message in pair.conn:
+            received.append(message)
+    assert received == ["a"]
+    assert ended.value.report is not None and ended.value.report.reason is Reason.READ_ERROR
+
+
+def test_close_from_the_callback(opened: List[Endpoints], kind: str) -> None:
+    holder: List[Duplex] = []
+    returned: List[Any] = []
+
+    def on_message(message: Any) -> None:
+        returned.append(holder[0].close(1000, "bye"))
+
+    pair = open_pair(opened, kind, on_message=on_message)
+    holder.append(pair.conn)
+    pair.peer.send("please close")
+    report = pair.conn.wait(10 * UNIT)
+    assert returned == [None]  # from its own thread close() cannot wait for itself
+    assert report.reason is Reason.LOCAL_CLOSE and report.ok
+    assert pair.peer.wait_close_frame() == (1000, "bye")
+    assert_torn_down(pair.conn)
+
+
+def test_close_from_another_thread_while_recv_blocks(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    outcome: List[BaseException] = []
+
+    def receive() -> None:
+        try:
+            pair.conn.recv(timeout=10 * UNIT)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            outcome.append(exc)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    report = pair.conn.close()
+    receiver.join(10 * UNIT)
+    assert not receiver.is_alive()
+    assert report is not None and report.ok
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosedOK)
