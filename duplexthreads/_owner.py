@@ -55,9 +55,9 @@ class Wiring:
     connection_id: int
     transport: Transport
     quit: threading.Event
-    outbound: "SealableQueue[Message]"
-    inbound: "SealableQueue[Message]"
-    done: "queue.Queue[object]"
+    outbound: SealableQueue[Message]
+    inbound: SealableQueue[Message]
+    done: queue.Queue[object]
     workers: Dict[str, threading.Thread]
     close_timeout: Optional[float]
     set_close_request: Callable[[Tuple[int, str]], None]
@@ -119,8 +119,8 @@ class Owner:
                 item = w.done.get(timeout=None if deadline is None else _remaining(deadline))
             except queue.Empty:
                 assert closing is not None
-                error = TimeoutError(f"close handshake did not finish within {w.close_timeout} s")
-                return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
+                timeout = TimeoutError(f"close handshake did not finish within {w.close_timeout} s")
+                return _Cause("owner", Reason.LOCAL_CLOSE, timeout, closing.code, closing.reason)
             if isinstance(item, AbortRequest):
                 return _Cause("owner", Reason.ABORTED)
             if isinstance(item, CloseRequest):
@@ -140,7 +140,9 @@ class Owner:
                 continue  # our close frame is out; wait for the peer's answer
             if item.role == "reader" and item.peer_close is not None:
                 # The answer, or the peer's own close crossing ours: reply if ours never left.
-                return _Cause("owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, (closing.code, closing.reason))
+                return _Cause(
+                    "owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, (closing.code, closing.reason)
+                )
             error = item.error or RuntimeError(f"{item.role} ended during the close handshake")
             return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
 

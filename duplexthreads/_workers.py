@@ -19,7 +19,7 @@ from .transports.base import CloseFrame, Transport, WriteError
 MAX_BATCH = 1024
 
 
-def run_worker(role: str, body: Callable[[], WorkerExit], done: "queue.Queue[object]") -> None:
+def run_worker(role: str, body: Callable[[], WorkerExit], done: queue.Queue[object]) -> None:
     """Thread target: run ``body`` and post one report, even if it raises."""
     report: Optional[WorkerExit] = None
     try:
@@ -53,7 +53,7 @@ def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> Worke
 
 def write_loop(
     transport: Transport,
-    outbound: "SealableQueue[Message]",
+    outbound: SealableQueue[Message],
     quit: threading.Event,
     close_request: Callable[[], Optional[Tuple[int, str]]],
 ) -> WorkerExit:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from .report import Message
@@ -81,25 +81,31 @@ def open_transport(
         from .transports.websocket_client import WebSocketClientTransport
 
         return WebSocketClientTransport.connect(
-            url, headers=headers, subprotocols=subprotocols, ssl_context=ssl_context, open_timeout=open_timeout  # type: ignore[arg-type]
+            url,
+            headers=_header_pairs(headers),
+            subprotocols=subprotocols,
+            ssl_context=ssl_context,
+            open_timeout=open_timeout,
         )
     if backend == "simple-websocket":
         from .transports.simple_websocket import SimpleWebSocketTransport
 
         return SimpleWebSocketTransport.connect(
-            url, headers=_header_pairs(headers), subprotocols=subprotocols, ssl_context=ssl_context, open_timeout=open_timeout
+            url,
+            headers=_header_pairs(headers),
+            subprotocols=subprotocols,
+            ssl_context=ssl_context,
+            open_timeout=open_timeout,
         )
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _header_pairs(headers: Headers) -> Optional[Sequence["tuple[str, str]"]]:
+def _header_pairs(headers: Headers) -> Optional[Sequence[tuple[str, str]]]:
     """Headers as (name, value) pairs, whether given as a mapping, pairs or 'Name: value' lines."""
     if headers is None:
         return None
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    pairs = []
-    for header in headers:
+    pairs: List[Tuple[str, str]] = []
+    for header in headers.items() if isinstance(headers, Mapping) else headers:
         if isinstance(header, str):
             name, sep, value = header.partition(":")
             if not sep:
@@ -108,4 +114,9 @@ def _header_pairs(headers: Headers) -> Optional[Sequence["tuple[str, str]"]]:
         else:
             name, value = header
             pairs.append((name, value))
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header names and values must be str: {name!r}: {value!r}")
+        if not name or any(char in name + value for char in "\r\n\0"):
+            raise ValueError(f"invalid header {name!r}: {value!r}")
     return pairs

@@ -28,9 +28,7 @@ def accept(
     """
     from .transports.simple_websocket import SimpleWebSocketTransport
 
-    transport = SimpleWebSocketTransport.accept(
-        environ, subprotocols=subprotocols, max_message_size=max_message_size
-    )
+    transport = SimpleWebSocketTransport.accept(environ, subprotocols=subprotocols, max_message_size=max_message_size)
     try:
         conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
     except BaseException:

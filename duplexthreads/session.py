@@ -97,7 +97,9 @@ class Duplex:
         connection ends with reason ``WORKER_EXIT``.
         """
         if not isinstance(role, str) or not _ROLE_PATTERN.match(role) or role in _RESERVED_ROLES:
-            raise ValueError(f"invalid worker role {role!r}: use a short lowercase name other than {sorted(_RESERVED_ROLES)}")
+            raise ValueError(
+                f"invalid worker role {role!r}: use a short lowercase name other than {sorted(_RESERVED_ROLES)}"
+            )
         if not callable(target):
             raise TypeError("target must be callable")
         with self._lock:

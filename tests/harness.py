@@ -11,7 +11,7 @@ import queue
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Union
 
 from wsproto import ConnectionType
 
@@ -19,7 +19,7 @@ import duplexthreads
 from duplexthreads import Duplex
 from duplexthreads.transports import memory_pair
 
-from .peers import MemoryPeer, PeerBase, RawPeer
+from .peers import MemoryPeer, RawPeer
 from .timing import UNIT
 
 KINDS = ["memory", "websocket-client", "simple-websocket", "simple-websocket-server"]
@@ -33,7 +33,7 @@ class Listener:
     def __init__(self, serve: Callable[[socket.socket], Any]) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
-        self.results: "queue.Queue[Any]" = queue.Queue()
+        self.results: queue.Queue[Any] = queue.Queue()
         self._serve = serve
         self.thread = threading.Thread(target=self._accept_one, name="test-listener", daemon=True)
         self.thread.start()
@@ -46,7 +46,7 @@ class Listener:
             return
         try:
             self.results.put(self._serve(client))
-        except BaseException as exc:  # handed to the test thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread, which raises it
             client.close()
             self.results.put(exc)
 
@@ -102,6 +102,7 @@ def open_endpoints(kind: str, **duplex_options: Any) -> Endpoints:
         conn = Duplex(ours, **duplex_options).start()
         return Endpoints(kind, conn, MemoryPeer(theirs))
     if kind in ("websocket-client", "simple-websocket"):
+
         def serve(sock: socket.socket) -> RawPeer:
             peer = RawPeer(sock, ConnectionType.SERVER)
             peer.serve_handshake()
@@ -129,5 +130,3 @@ def open_endpoints(kind: str, **duplex_options: Any) -> Endpoints:
             listener.close()
         return Endpoints(kind, conn, peer)
     raise ValueError(kind)
-
-

@@ -65,7 +65,7 @@ def close_payload(code: int, reason: str) -> bytes:
     return struct.pack("!H", code) + encoded
 
 
-def parse_close_payload(payload: bytes) -> "tuple[int, str]":
+def parse_close_payload(payload: bytes) -> tuple[int, str]:
     """``(code, reason)`` of a received close frame; 1005 when it carries no code."""
     if len(payload) < 2:
         return 1005, ""

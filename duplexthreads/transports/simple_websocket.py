@@ -27,10 +27,12 @@ from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
-    Message as WsprotoMessage,
     RejectConnection,
     Request,
     TextMessage,
+)
+from wsproto.events import (
+    Message as WsprotoMessage,
 )
 
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
@@ -156,10 +158,10 @@ class SimpleWebSocketTransport(Transport):
         except ValueError as exc:
             raise ValueError(f"{url}: invalid port") from exc
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        extra_headers: List[Tuple[str, str]] = []
+        extra_headers: List[Tuple[bytes, bytes]] = []
         if headers:
             items = headers.items() if isinstance(headers, Mapping) else headers
-            extra_headers = [(str(key), str(value)) for key, value in items]
+            extra_headers = [(str(key).encode("latin-1"), str(value).encode("latin-1")) for key, value in items]
         request = Request(host=host, target=target, subprotocols=list(subprotocols or ()), extra_headers=extra_headers)
 
         connection_id = new_connection_id()

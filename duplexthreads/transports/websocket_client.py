@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import websocket
 
@@ -25,7 +25,7 @@ from .base import CloseFrame, Transport
 
 __all__ = ["WebSocketClientTransport"]
 
-Headers = Union[Mapping[str, str], Sequence[str], None]
+Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
 
 _DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT)
 
@@ -35,11 +35,11 @@ class WebSocketClientTransport(Transport):
 
     backend = "websocket-client"
 
-    def __init__(self, ws: websocket.WebSocket) -> None:
+    def __init__(self, ws: Any) -> None:
         if not ws.connected or ws.sock is None:
             raise ValueError("WebSocketClientTransport needs a connected websocket.WebSocket")
         super().__init__()
-        self._ws = ws
+        self._ws: Any = ws  # a connected websocket.WebSocket
         # The raw socket, kept apart from ws.sock, which websocket-client may set to None.
         self._sock: socket.socket = ws.sock
         # Block without a timeout: the owner wakes the reader with shutdown(), so no polling.
@@ -61,10 +61,12 @@ class WebSocketClientTransport(Transport):
         sslopt: Dict[str, Any] = {} if ssl_context is None else {"context": ssl_context}
         # skip_utf8_validation: we validate with bytes.decode, far faster than the pure-Python
         # validator; enable_multithread: gives ws.lock, which our writer shares with pongs.
-        ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
+        # Typed as Any: websocket-client's methods carry no annotations, which mypy --strict rejects.
+        ws: Any = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
         options: Dict[str, Any] = {"timeout": open_timeout}
         if headers:
-            options["header"] = dict(headers) if isinstance(headers, Mapping) else list(headers)
+            pairs = headers.items() if isinstance(headers, Mapping) else headers
+            options["header"] = [f"{name}: {value}" for name, value in pairs]
         if subprotocols:
             options["subprotocols"] = list(subprotocols)
         try:

@@ -1,0 +1,41 @@
+"""The suite's guards work: a test that leaks a thread, leaks a socket, or lets a thread raise
+fails. Each bad test in tests/guards/ runs in its own pytest subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .timing import UNIT
+
+pytestmark = pytest.mark.timeout(60 * UNIT)
+
+GUARDS = Path(__file__).parent / "guards"
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize(
+    ("module", "evidence"),
+    [
+        ("leaks_a_thread.py", "forgotten-worker"),
+        ("leaks_a_socket.py", "ResourceWarning"),
+        ("raises_in_a_thread.py", "boom in a thread"),
+    ],
+)
+def test_the_guard_fails_the_bad_test(module: str, evidence: str) -> None:
+    env = dict(os.environ, DUPLEXTHREADS_TEST_TIME_UNIT="0.2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(GUARDS / module)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50 * UNIT,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert evidence in output, output
