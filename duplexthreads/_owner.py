@@ -131,6 +131,9 @@ class Owner:
                     # The writer reads the request once the sealed queue runs dry.
                     w.set_close_request((item.code, item.reason))
                     w.outbound.seal()
+                    # The reader must keep reading to see the peer's answer, even if the
+                    # application stopped taking messages and the inbound queue is full.
+                    w.inbound.lift_bound()
                 continue
             assert isinstance(item, WorkerExit)
             self._exits[item.role] = item

@@ -38,6 +38,12 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self.not_full.notify_all()
             self.not_empty.notify_all()
 
+    def lift_bound(self) -> None:
+        """Make the queue unbounded from now on, waking producers blocked on it being full."""
+        with self.mutex:
+            self.maxsize = 0
+            self.not_full.notify_all()
+
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Append ``item``; raise :class:`Sealed` once sealed, ``queue.Full`` on timeout."""
         with self.not_full:

@@ -281,8 +281,18 @@ class Duplex:
             owner = threading.Thread(target=self._own, name=self._thread_name("owner"), daemon=True)
             if own_thread:
                 self._owner_thread = owner
-        for thread in self._workers.values():
-            thread.start()
+        started: Dict[str, threading.Thread] = {}
+        try:
+            for role, thread in self._workers.items():
+                thread.start()
+                started[role] = thread
+        except BaseException:
+            # Typically "can't start new thread": stop the ones that did start, then re-raise.
+            with self._lock:
+                self._workers = started
+                self._owner_thread = None
+            self._publish(Owner(self._wiring()).finish(None))
+            raise
         return owner
 
     def _own(self) -> None:

@@ -1,0 +1,81 @@
+"""Edges of the lifecycle that the exit-path matrix does not reach."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from duplexthreads import ConnectionClosedOK, Duplex, Reason
+from duplexthreads import session as session_module
+from duplexthreads.transports import memory_pair
+
+from .peers import MemoryPeer
+from .timing import UNIT
+
+pytestmark = pytest.mark.timeout(30 * UNIT)
+
+
+def test_close_completes_while_the_application_stopped_reading() -> None:
+    """A full inbound queue must not keep the reader from seeing the peer's close answer."""
+    ours, theirs = memory_pair()
+    conn = Duplex(ours, max_queue=2, close_timeout=10 * UNIT).start()
+    peer = MemoryPeer(theirs)
+    try:
+        sent = [f"unread {i}" for i in range(10)]
+        for message in sent:
+            peer.send(message)
+        report = conn.close()
+        assert report is not None
+        assert report.reason is Reason.LOCAL_CLOSE
+        assert report.error is None and report.ok
+        # Nothing received is lost: the messages are still there to read after the close.
+        assert [conn.recv(timeout=1 * UNIT) for _ in sent] == sent
+        with pytest.raises(ConnectionClosedOK):
+            conn.recv(timeout=1 * UNIT)
+    finally:
+        conn.abort()
+        peer.stop()
+
+
+def test_a_thread_that_cannot_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    class WriterWontStart(threading.Thread):
+        def start(self) -> None:
+            if self.name.endswith("-writer"):
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(session_module.threading, "Thread", WriterWontStart)
+    ours, theirs = memory_pair()
+    conn = Duplex(ours)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        conn.start()
+    report = conn.report
+    assert report is not None and report.reason is Reason.ABORTED
+    assert [t.name for t in conn.threads() if t.is_alive()] == []
+    assert ours.closed and ours.close_calls == 1
+    theirs.close()
+
+
+def test_run_makes_the_calling_thread_the_owner() -> None:
+    ours, theirs = memory_pair()
+    conn = Duplex(ours)
+    peer = MemoryPeer(theirs)
+
+    def close_once_delivered() -> None:
+        peer.wait_messages(1)
+        peer.close(1000, "done")
+
+    closer = threading.Thread(target=close_once_delivered)
+    try:
+        conn.send("queued before run")
+        closer.start()
+        report = conn.run()
+        assert report.reason is Reason.PEER_CLOSED and report.ok
+        names: Any = [t.name for t in conn.threads()]
+        assert not any(name.endswith("-owner") for name in names)
+        assert peer.messages == ["queued before run"] and report.written == 1
+    finally:
+        closer.join(10 * UNIT)
+        peer.stop()
