@@ -47,18 +47,18 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Append ``item``; raise :class:`Sealed` once sealed, ``queue.Full`` on timeout."""
         with self.not_full:
-            if self.maxsize > 0:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._sealed and self._qsize() >= self.maxsize:
-                    if not block:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            # maxsize is re-read on each pass: lift_bound() may set it to 0 while we wait.
+            while not self._sealed and 0 < self.maxsize <= self._qsize():
+                if not block:
+                    raise queue.Full
+                if deadline is None:
+                    self.not_full.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         raise queue.Full
-                    if deadline is None:
-                        self.not_full.wait()
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise queue.Full
-                        self.not_full.wait(remaining)
+                    self.not_full.wait(remaining)
             if self._sealed:
                 raise Sealed
             self._put(item)
