@@ -340,3 +340,31 @@ def test_close_from_another_thread_while_recv_blocks(opened: List[Endpoints], ki
     assert not receiver.is_alive()
     assert report is not None and report.ok
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosedOK)
+
+
+def test_max_queue_bounds_what_an_unread_connection_buffers(opened: List[Endpoints], kind: str) -> None:
+    """When the application stops reading, the peer is slowed down by TCP, not buffered in RAM."""
+    if kind == "memory":
+        pytest.skip("the memory transport has no flow control to push back with")
+    pair = open_pair(opened, kind, max_queue=4)
+    chunk = b"y" * (64 << 10)
+    total = 2000  # 125 MiB: far more than loopback socket buffers hold
+    sent_count: List[int] = [0]
+
+    def flood() -> None:
+        try:
+            for _ in range(total):
+                pair.peer.send(chunk)
+                sent_count[0] += 1
+        except OSError:
+            pass  # the connection was aborted under a blocked send: the point of the test
+
+    sender = threading.Thread(target=flood, name="test-flooder")
+    sender.start()
+    sender.join(2 * UNIT)
+    stalled = sender.is_alive()
+    pair.conn.abort()
+    sender.join(10 * UNIT)
+    assert not sender.is_alive()
+    assert stalled, f"the peer sent all {sent_count[0]} messages: nothing pushed back"
+    assert sent_count[0] < total

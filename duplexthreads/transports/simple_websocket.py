@@ -46,8 +46,13 @@ Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
 ThreadFactory = Callable[..., threading.Thread]
 
 
+#: Messages simple-websocket may hold in its own buffer before its thread stops reading the
+#: socket. Without this gate its buffer grows without bound and max_queue limits nothing.
+BACKEND_BUFFER_LIMIT = 16
+
+
 class _GuardedSocket:
-    """The socket as simple-websocket sees it: whole writes under a lock, and no close."""
+    """The socket as simple-websocket sees it: whole writes under a lock, gated reads, no close."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.raw = sock
@@ -57,6 +62,20 @@ class _GuardedSocket:
         # Set by the backend thread when its recv() fails or reaches end of stream, so that a
         # lost connection is not mistaken for a close frame.
         self.read_failure: Optional[BaseException] = None
+        # Backpressure: the backend thread waits here before reading while its buffer is full;
+        # the transport notifies as our reader takes messages, and release() opens it for good.
+        self.read_gate = threading.Condition()
+        self.buffered: Callable[[], int] = lambda: 0
+        self.released = False
+
+    def release(self) -> None:
+        with self.read_gate:
+            self.released = True
+            self.read_gate.notify_all()
+
+    def message_taken(self) -> None:
+        with self.read_gate:
+            self.read_gate.notify_all()
 
     def send(self, data: bytes) -> int:
         with self.write_lock:
@@ -66,6 +85,13 @@ class _GuardedSocket:
     sendall = send
 
     def recv(self, size: int) -> bytes:
+        with self.read_gate:
+            while not self.released and self.buffered() >= BACKEND_BUFFER_LIMIT:
+                self.read_gate.wait()
+            if self.released:
+                # Shut down: read nothing more. Data left unread makes close() send RST,
+                # which is what unblocks a peer still writing into a full window.
+                return b""
         try:
             data = self.raw.recv(size)
         except OSError as exc:
@@ -136,6 +162,7 @@ class SimpleWebSocketTransport(Transport):
         super().__init__(connection_id)
         self._ws = ws
         self._guard = guard
+        guard.buffered = lambda: len(ws.input_buffer)
         self._shut = False
 
     @classmethod
@@ -252,6 +279,7 @@ class SimpleWebSocketTransport(Transport):
                 # any close frame having arrived; only a real one moves its state on.
                 raise TransportError(f"protocol error: {exc.message or exc.reason}") from exc
             return CloseFrame(int(exc.reason), exc.message or "")
+        self._guard.message_taken()
         if data is None:  # receive() only returns None when it times out; ours has no timeout
             raise TransportError("simple-websocket returned no message")
         if isinstance(data, (bytearray, memoryview)):
@@ -286,6 +314,7 @@ class SimpleWebSocketTransport(Transport):
 
     def shutdown(self) -> None:
         self._shut = True
+        self._guard.release()
         shutdown_quietly(self._guard.raw)
         # Also wake our reader directly, in case the backend thread had already ended.
         self._ws.connected = False
