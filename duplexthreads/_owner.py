@@ -61,6 +61,8 @@ class Wiring:
     workers: Dict[str, threading.Thread]
     close_timeout: Optional[float]
     set_close_request: Callable[[Tuple[int, str]], None]
+    #: Set by the writer while it may be inside a write.
+    writing: threading.Event
 
 
 class Owner:
@@ -71,8 +73,9 @@ class Owner:
         # Reports received so far, by role; touched only by the owner's thread.
         self._exits: Dict[str, WorkerExit] = {}
 
-    def run(self) -> ExitReport:
-        return self.finish(self.wait_for_cause())
+    def run(self, first: object = None) -> ExitReport:
+        """The whole protocol; ``first`` is what made the caller the owner, if anything yet."""
+        return self.finish(self.wait_for_cause(first))
 
     def finish(self, cause: Optional[_Cause] = None) -> ExitReport:
         """Stop everything and build the report; ``None`` means the application aborted."""
@@ -88,12 +91,13 @@ class Owner:
         w.inbound.seal()
         deadline = time.monotonic() + WAKE_TIMEOUT
         self._collect(lambda: len(self._exits) == len(w.workers), deadline)
-        for thread in w.workers.values():
+        # The owner may be one of the workers (the first to end takes the role); it is alive by
+        # definition and is joined by wait() once it returns.
+        others = [thread for thread in w.workers.values() if thread is not threading.current_thread()]
+        for thread in others:
             thread.join(_remaining(deadline))
         w.transport.close(_remaining(deadline))
-        lingering = tuple(
-            thread.name for thread in (*w.workers.values(), *w.transport.backend_threads()) if thread.is_alive()
-        )
+        lingering = tuple(thread.name for thread in (*others, *w.transport.backend_threads()) if thread.is_alive())
         writer = self._exits.get("writer")
         unsent = (writer.unwritten if writer else ()) + tuple(w.outbound.drain())
         return ExitReport(
@@ -109,14 +113,22 @@ class Owner:
             lingering=lingering,
         )
 
-    def wait_for_cause(self) -> _Cause:
-        """Block until something ends the connection; a close request opens a bounded wait."""
+    def wait_for_cause(self, first: object = None) -> _Cause:
+        """Block until something ends the connection; a close request opens a bounded wait.
+
+        ``first`` is an item already in hand (a worker's report or a request), handled before
+        anything on the done queue.
+        """
         w = self._w
         closing: Optional[CloseRequest] = None
         deadline: Optional[float] = None
+        pending = first
         while True:
             try:
-                item = w.done.get(timeout=None if deadline is None else _remaining(deadline))
+                if pending is not None:
+                    item, pending = pending, None
+                else:
+                    item = w.done.get(timeout=None if deadline is None else _remaining(deadline))
             except queue.Empty:
                 assert closing is not None
                 timeout = TimeoutError(f"close handshake did not finish within {w.close_timeout} s")
@@ -141,6 +153,8 @@ class Owner:
                 return _cause_of(item)
             if item.role == "writer" and item.close_sent:
                 continue  # our close frame is out; wait for the peer's answer
+            if item.role not in ("reader", "writer") and item.error is None:
+                continue  # an extra worker finishing cleanly (perhaps it asked for the close)
             if item.role == "reader" and item.peer_close is not None:
                 # The answer, or the peer's own close crossing ours: reply if ours never left.
                 return _Cause(
@@ -150,10 +164,16 @@ class Owner:
             return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
 
     def _reply_once_writer_stopped(self, reply: Tuple[int, str]) -> None:
-        """Send the close frame we owe, after the writer stopped, so it is the last frame sent."""
+        """Send the close frame we owe once the writer has stopped, so it is the last frame.
+
+        A writer idle on the queue stops within a wake-up. A writer inside a write may be stuck
+        on a peer that no longer reads; waiting for it would break the promise that a peer's
+        close tears down at once, so then no reply is sent and shutdown() interrupts the write.
+        """
         w = self._w
-        deadline = None if w.close_timeout is None else time.monotonic() + w.close_timeout
-        self._collect(lambda: "writer" in self._exits, deadline)
+        if "writer" not in self._exits and w.writing.is_set():
+            return
+        self._collect(lambda: "writer" in self._exits, time.monotonic() + WAKE_TIMEOUT)
         writer = self._exits.get("writer")
         if writer is None or writer.error is not None or writer.close_sent:
             return

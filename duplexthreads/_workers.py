@@ -6,7 +6,6 @@ done queue from ``finally``, whatever happens, so the owner can always count its
 
 from __future__ import annotations
 
-import queue
 import threading
 from typing import Callable, List, Optional, Tuple
 
@@ -19,17 +18,21 @@ from .transports.base import CloseFrame, Transport, WriteError
 MAX_BATCH = 1024
 
 
-def run_worker(role: str, body: Callable[[], WorkerExit], done: queue.Queue[object]) -> None:
-    """Thread target: run ``body`` and post one report, even if it raises."""
+def run_worker(role: str, body: Callable[[], WorkerExit], on_exit: Callable[[WorkerExit], None]) -> None:
+    """Thread target: run ``body``, then hand its one report to ``on_exit``, even if it raised.
+
+    ``on_exit`` either posts the report on the done queue or, for the first worker to end,
+    runs the owner protocol right here in this thread.
+    """
     report: Optional[WorkerExit] = None
     try:
         report = body()
     except BaseException as exc:  # noqa: BLE001 - the report carries it to the owner
         report = WorkerExit(role, error=exc)
     finally:
-        if report is None:  # only if posting the exception's report itself failed
+        if report is None:  # only if building the exception's report itself failed
             report = WorkerExit(role, error=RuntimeError(f"{role} ended without a report"))
-        done.put(report)
+        on_exit(report)
 
 
 def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> WorkerExit:
@@ -56,16 +59,20 @@ def write_loop(
     outbound: SealableQueue[Message],
     quit: threading.Event,
     close_request: Callable[[], Optional[Tuple[int, str]]],
+    writing: threading.Event,
 ) -> WorkerExit:
     """Write what the application queues, in batches, until quit or a graceful close.
 
     A sealed and empty queue without quit means a graceful close: everything accepted was
     written, so the writer sends our close frame and ends. With quit set, whatever the writer
-    holds goes back to the owner as ``unwritten``.
+    holds goes back to the owner as ``unwritten``. ``writing`` is set while a write may be under
+    way, so an owner answering a peer's close knows whether the writer can stop at once.
     """
     written = 0
     while True:
+        writing.clear()
         batch: List[Message] = outbound.get_batch(MAX_BATCH)
+        writing.set()
         if quit.is_set():
             return WorkerExit("writer", unwritten=tuple(batch), written=written)
         if not batch:

@@ -8,17 +8,18 @@ done queue where the owner is waiting. See ``_owner.py`` for the exit protocol.
 from __future__ import annotations
 
 import enum
+import functools
 import queue
 import re
 import threading
 from types import TracebackType
-from typing import Callable, Dict, Iterator, Optional, Tuple, Type
+from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
 from ._owner import AbortRequest, CloseRequest, Owner, Wiring
 from ._queues import SealableQueue, Sealed
 from ._workers import extra_worker, read_loop, run_worker, write_loop
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from .report import ExitReport, Message
+from .report import ExitReport, Message, WorkerExit
 from .transports.base import Transport, check_close_code
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "Duplex"]
@@ -27,6 +28,9 @@ __all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "Duplex"]
 DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Messages each of the outbound and inbound queues holds before ``send`` or the reader waits.
 DEFAULT_MAX_QUEUE = 1024
+
+#: What send() accepts: text as ``str``, binary as any of the bytes-like types.
+Sendable = Union[str, bytes, bytearray, memoryview]
 
 _RESERVED_ROLES = frozenset({"reader", "writer", "owner", "backend"})
 _ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -58,10 +62,12 @@ class Duplex:
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
-        if max_queue is not None and (not isinstance(max_queue, int) or max_queue < 1):
+        if max_queue is not None and (not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1):
             raise ValueError(f"max_queue must be a positive int or None, not {max_queue!r}")
-        if close_timeout is not None and not close_timeout >= 0:
-            raise ValueError(f"close_timeout must be >= 0 or None, not {close_timeout!r}")
+        if close_timeout is not None and (
+            not isinstance(close_timeout, (int, float)) or isinstance(close_timeout, bool) or not close_timeout >= 0
+        ):
+            raise ValueError(f"close_timeout must be a number >= 0 or None, not {close_timeout!r}")
         if on_message is not None and not callable(on_message):
             raise TypeError("on_message must be callable")
         self.transport = transport
@@ -83,7 +89,13 @@ class Duplex:
         self._state = _State.NEW
         self._workers: Dict[str, threading.Thread] = {}
         self._extra: Dict[str, Callable[[threading.Event], None]] = {}
+        # A thread started only when close()/abort() cannot run the teardown in the caller.
         self._owner_thread: Optional[threading.Thread] = None
+        # Whoever sets this first (under _lock) runs the exit protocol: see _claim_ownership.
+        self._owner_claimed = False
+        # Set by the writer while it may be inside a write (the owner answering a peer's close
+        # must not wait for a write stuck on a peer that stopped reading).
+        self._writing = threading.Event()
         self._close_request: Optional[Tuple[int, str]] = None
         self._report: Optional[ExitReport] = None
 
@@ -110,9 +122,12 @@ class Duplex:
             self._extra[role] = target
 
     def start(self) -> Duplex:
-        """Start the workers and an owner thread; return at once (``self``, for chaining)."""
-        owner = self._launch(own_thread=True)
-        owner.start()
+        """Start the reader and writer (and added workers); return at once (``self``).
+
+        No thread waits idle for the end: the first worker to end, or the thread that calls
+        ``close()``/``abort()``, takes the owner's role and runs the teardown.
+        """
+        self._launch(owned_by_caller=False)
         return self
 
     def run(self) -> ExitReport:
@@ -121,37 +136,26 @@ class Duplex:
         A ``KeyboardInterrupt`` while waiting aborts the connection, tears it down, then
         propagates.
         """
-        self._launch(own_thread=False)
-        owner = Owner(self._wiring())
-        try:
-            cause = owner.wait_for_cause()
-        except KeyboardInterrupt:
-            self._publish(owner.finish(None))
-            raise
-        report = owner.finish(cause)
-        self._publish(report)
-        return report
+        self._launch(owned_by_caller=True)
+        return self._own_here(None)
 
     def close(self, code: int = 1000, reason: str = "", timeout: Optional[float] = None) -> Optional[ExitReport]:
         """Close gracefully and return the report; safe to call twice and from any thread.
 
         Messages already queued are written first, then the close frame; the peer's answer is
-        awaited for at most ``close_timeout`` in all. ``timeout`` bounds how long this call waits
-        (``TimeoutError``); the teardown itself goes on regardless. Called from one of the
-        connection's own threads (an ``on_message`` callback), it starts the close and returns
-        ``None`` at once, since waiting there would wait for itself.
+        awaited for at most ``close_timeout`` in all, then the socket is shut down regardless.
+        ``timeout`` bounds how long this call waits (``TimeoutError``); the teardown goes on
+        regardless. Called from one of the connection's own threads (an ``on_message``
+        callback), it starts the close and returns ``None`` at once, since waiting there would
+        wait for itself. Before ``start()`` there is nothing to flush or hand over: the transport
+        is closed at once, as by ``abort()``.
         """
         check_close_code(code)
         if not isinstance(reason, str):
             raise TypeError(f"reason must be str, not {type(reason).__name__}")
         if len(reason.encode("utf-8")) > 123:
             raise ValueError("close reason must fit in 123 bytes of UTF-8")
-        if self._tear_down_if_never_started():
-            return self._report
-        self._done.put(CloseRequest(code, reason))
-        if self._in_own_thread():
-            return None
-        return self.wait(timeout)
+        return self._request_end(CloseRequest(code, reason), timeout)
 
     def abort(self) -> Optional[ExitReport]:
         """End the connection at once, without a close handshake; return the report.
@@ -159,12 +163,7 @@ class Duplex:
         Queued messages are returned in ``report.unsent``. From the connection's own threads it
         returns ``None`` without waiting, like ``close()``.
         """
-        if self._tear_down_if_never_started():
-            return self._report
-        self._done.put(AbortRequest())
-        if self._in_own_thread():
-            return None
-        return self.wait()
+        return self._request_end(AbortRequest(), None)
 
     def wait(self, timeout: Optional[float] = None) -> ExitReport:
         """Block until the connection has ended and every thread of it has exited."""
@@ -172,15 +171,13 @@ class Duplex:
             raise RuntimeError("wait() called from one of the connection's own threads would wait for itself")
         if not self._finished.wait(timeout):
             raise TimeoutError(f"connection {self.id} still open after {timeout} s")
-        owner = self._owner_thread
-        if owner is not None and owner is not threading.current_thread():
-            owner.join()  # it has published the report; joining only waits for it to return
+        self._join_own_threads()
         assert self._report is not None
         return self._report
 
     # -- messages ------------------------------------------------------------------------------------
 
-    def send(self, message: Message, timeout: Optional[float] = None) -> None:
+    def send(self, message: Sendable, timeout: Optional[float] = None) -> None:
         """Queue ``message`` for the writer: ``str`` as text, bytes-like as binary.
 
         Blocks while the outbound queue is full, up to ``timeout`` (then ``TimeoutError``).
@@ -241,11 +238,7 @@ class Duplex:
 
     def threads(self) -> Tuple[threading.Thread, ...]:
         """Every thread started for this connection so far, the backend's included."""
-        with self._lock:
-            own = tuple(self._workers.values())
-            if self._owner_thread is not None:
-                own += (self._owner_thread,)
-        return own + self.transport.backend_threads()
+        return self._own_threads() + self.transport.backend_threads()
 
     def __enter__(self) -> Duplex:
         with self._lock:
@@ -262,25 +255,28 @@ class Duplex:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _launch(self, own_thread: bool) -> threading.Thread:
-        """Start the workers (and make, not start, the owner thread); allowed once."""
+    def _launch(self, owned_by_caller: bool) -> None:
+        """Start the workers; allowed once. ``owned_by_caller``: run() owns, workers only report."""
         with self._lock:
             if self._state is not _State.NEW:
                 raise RuntimeError(f"connection {self.id} was already started")
             self._state = _State.RUNNING
-            bodies: Dict[str, Callable[[], object]] = {
+            self._owner_claimed = owned_by_caller
+            bodies: Dict[str, Callable[[], WorkerExit]] = {
                 "reader": lambda: read_loop(self.transport, self._deliver),
-                "writer": lambda: write_loop(self.transport, self._outbound, self._quit, self._get_close_request),
+                "writer": lambda: write_loop(
+                    self.transport, self._outbound, self._quit, self._get_close_request, self._writing
+                ),
             }
             for role, target in self._extra.items():
-                bodies[role] = lambda role=role, target=target: extra_worker(role, target, self._quit)  # type: ignore[misc]
+                bodies[role] = functools.partial(extra_worker, role, target, self._quit)
             for role, body in bodies.items():
                 self._workers[role] = threading.Thread(
-                    target=run_worker, args=(role, body, self._done), name=self._thread_name(role), daemon=True
+                    target=run_worker,
+                    args=(role, body, self._worker_ended),
+                    name=self._thread_name(role),
+                    daemon=True,
                 )
-            owner = threading.Thread(target=self._own, name=self._thread_name("owner"), daemon=True)
-            if own_thread:
-                self._owner_thread = owner
         started: Dict[str, threading.Thread] = {}
         try:
             for role, thread in self._workers.items():
@@ -290,13 +286,73 @@ class Duplex:
             # Typically "can't start new thread": stop the ones that did start, then re-raise.
             with self._lock:
                 self._workers = started
-                self._owner_thread = None
+                self._owner_claimed = True
             self._publish(Owner(self._wiring()).finish(None))
+            self._join_own_threads()
             raise
-        return owner
 
-    def _own(self) -> None:
-        self._publish(Owner(self._wiring()).run())
+    def _claim_ownership(self) -> bool:
+        """True for exactly one caller: the one that runs the exit protocol."""
+        with self._lock:
+            if self._owner_claimed:
+                return False
+            self._owner_claimed = True
+            return True
+
+    def _worker_ended(self, report: WorkerExit) -> None:
+        """Every worker's last act: report to the owner, or become the owner if it is the first."""
+        if self._claim_ownership():
+            self._own_here(report)
+        else:
+            self._done.put(report)
+
+    def _request_end(self, request: object, timeout: Optional[float]) -> Optional[ExitReport]:
+        """close()/abort(): run the protocol here if nobody owns it yet, else ask the owner."""
+        if self._tear_down_if_never_started():
+            return self._report
+        in_own_thread = self._in_own_thread()
+        if (in_own_thread or timeout is not None) and self._claim_ownership():
+            # The protocol cannot run here: in one of our own threads it would wait for itself,
+            # and with a timeout this call must be able to return before teardown ends.
+            owner = threading.Thread(
+                target=self._own_here, args=(request,), name=self._thread_name("owner"), daemon=True
+            )
+            with self._lock:
+                self._owner_thread = owner
+            owner.start()
+        elif not in_own_thread and self._claim_ownership():
+            return self._own_here(request)
+        else:
+            self._done.put(request)  # for the owner already at work (a request is moot there)
+        if in_own_thread:
+            return None
+        return self.wait(timeout)
+
+    def _own_here(self, first: object) -> ExitReport:
+        """Run the exit protocol in this thread, starting from ``first`` (None: wait for it)."""
+        owner = Owner(self._wiring())
+        try:
+            cause = owner.wait_for_cause(first)
+        except KeyboardInterrupt:
+            self._publish(owner.finish(None))
+            raise
+        report = owner.finish(cause)
+        self._publish(report)
+        return report
+
+    def _join_own_threads(self) -> None:
+        # Each has published or handed over its report; joining only waits for it to return.
+        current = threading.current_thread()
+        for thread in self._own_threads():
+            if thread is not current:
+                thread.join()
+
+    def _own_threads(self) -> Tuple[threading.Thread, ...]:
+        with self._lock:
+            own = tuple(self._workers.values())
+            if self._owner_thread is not None:
+                own += (self._owner_thread,)
+        return own
 
     def _wiring(self) -> Wiring:
         return Wiring(
@@ -309,6 +365,7 @@ class Duplex:
             workers=self._workers,
             close_timeout=self.close_timeout,
             set_close_request=self._set_close_request,
+            writing=self._writing,
         )
 
     def _publish(self, report: ExitReport) -> None:
@@ -323,6 +380,7 @@ class Duplex:
             if self._state is not _State.NEW:
                 return False
             self._state = _State.RUNNING
+            self._owner_claimed = True
         # With no workers the owner's protocol still applies: seal, shut down, close once.
         self._publish(Owner(self._wiring()).finish(None))
         return True

@@ -95,8 +95,8 @@ def test_send_copies_mutable_buffers(make_pair: MakePair) -> None:
     backing = bytearray(b"view")
     view = memoryview(backing)
     # send() accepts bytes-like objects, though its annotation says Message (str | bytes).
-    conn.send(buffer)  # type: ignore[arg-type]  # queued before start: the writer has not touched it
-    conn.send(view)  # type: ignore[arg-type]
+    conn.send(buffer)  # queued before start: the writer has not touched it
+    conn.send(view)
     buffer[:] = b"mutated!"
     backing[:] = b"XXXX"
     view.release()
@@ -141,14 +141,6 @@ def test_messages_before_the_peer_close_frame_are_all_received_first(make_pair: 
     assert (report.reason, report.close_code, report.close_reason) == (Reason.PEER_CLOSED, 1001, "going away")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason=(
-        "peer-close teardown waits up to close_timeout for a writer blocked in a write before it "
-        "shuts the transport down (forever with close_timeout=None; abort() cannot cut it short)"
-    ),
-)
 def test_peer_close_while_the_writer_is_blocked_tears_down_promptly(make_pair: MakePair) -> None:
     conn, peer = make_pair(max_queue=1, close_timeout=10 * UNIT)
     conn.start()

@@ -184,14 +184,6 @@ def test_wait_from_a_worker_raises_runtime_error(make_pair: MakePair) -> None:
     assert report.first == "job" and report.error is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a worker that calls close() and then returns aborts the close handshake: the owner "
-        "treats the worker's exit as 'ended during the close handshake' (RuntimeError)"
-    ),
-)
 def test_worker_that_closes_then_returns_completes_the_handshake(make_pair: MakePair) -> None:
     conn, peer = make_pair()
     peer.silent = True  # the peer answers below, after the worker has returned
