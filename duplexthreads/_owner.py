@@ -1,8 +1,9 @@
 """The owner protocol: wait for the first exit cause, stop every worker, account for everything.
 
-The owner runs in the caller's thread (``Duplex.run``) or in a thread of its own
-(``Duplex.start``). It is the only code that sets *quit*, seals the queues, shuts the transport
-down and closes it, which is what makes teardown happen exactly once.
+Exactly one thread runs it per connection: the caller of ``Duplex.run``, or else whoever comes
+first among the workers ending and the threads calling ``close()``/``abort()`` (see
+``Duplex._claim_ownership``). It is the only code that sets *quit*, seals the queues, shuts the
+transport down and closes it, which is what makes teardown happen exactly once.
 """
 
 from __future__ import annotations

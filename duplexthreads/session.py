@@ -1,8 +1,10 @@
-"""``Duplex``: one connection run by a reader, a writer and an owner that live and die together.
+"""``Duplex``: one connection run by a reader and a writer that live and die together.
 
 The application talks to the threads only through queues and events: ``send`` puts on the
-outbound queue, ``recv`` takes from the inbound queue, ``close``/``abort`` post a request on the
-done queue where the owner is waiting. See ``_owner.py`` for the exit protocol.
+outbound queue, ``recv`` takes from the inbound queue. The owner's role (``_owner.py``) is taken
+by whoever needs it first: the first worker to end, or the thread that calls ``close()`` or
+``abort()``; in ``run()`` the calling thread holds it from the start. Later arrivals post on the
+done queue, which only the owner reads. So no thread waits idle for the end.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class Duplex:
         self._outbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
         # Reader -> recv(). Sealed after the reader is told to stop; recv() drains it first.
         self._inbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
-        # Workers post one WorkerExit each; close()/abort() post requests; only the owner reads.
+        # Workers post their WorkerExit here unless they became the owner; close()/abort() post
+        # requests here when someone else owns the teardown. Only the owner reads it.
         self._done: queue.Queue[object] = queue.Queue()
         # Set once the report is published; wait() and close() block on it.
         self._finished = threading.Event()
