@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 from ..report import Message
 
@@ -22,7 +22,7 @@ _FIN = 0x80
 _MASKED = 0x80
 
 
-def apply_mask(payload: bytes, key: bytes) -> bytes:
+def _apply_mask_python(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte ``key`` repeated (one big-int XOR runs at C speed)."""
     size = len(payload)
     if size == 0:
@@ -30,6 +30,20 @@ def apply_mask(payload: bytes, key: bytes) -> bytes:
     repeated = (key * (size // 4 + 1))[:size]
     masked = int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")
     return masked.to_bytes(size, "little")
+
+
+def _fastest_apply_mask() -> Callable[[bytes, bytes], bytes]:
+    # websockets ships the same operation in C, 40x faster on 4 KiB; use it when installed
+    # (the 'speedups' extra), since masking dominates the cost of sending large messages.
+    try:
+        from websockets.speedups import apply_mask as apply_mask_c
+    except ImportError:  # pragma: no cover - depends on what is installed
+        return _apply_mask_python
+    return apply_mask_c
+
+
+#: Masking in use: websockets' C implementation when available, else pure Python.
+apply_mask = _fastest_apply_mask()
 
 
 def encode_frame(opcode: int, payload: bytes, mask_key: bytes) -> bytes:

@@ -37,6 +37,7 @@ from wsproto.events import (
 
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
+from . import _framing
 from ._sockets import shutdown_quietly, write_frames
 from .base import CloseFrame, Transport, WriteError, new_connection_id
 
@@ -162,6 +163,7 @@ class SimpleWebSocketTransport(Transport):
         super().__init__(connection_id)
         self._ws = ws
         self._guard = guard
+        self._frames_ourselves = isinstance(ws, _Client)
         guard.buffered = lambda: len(ws.input_buffer)
         self._shut = False
 
@@ -289,6 +291,11 @@ class SimpleWebSocketTransport(Transport):
     def send_batch(self, messages: Sequence[Message]) -> None:
         protocol = self._ws.ws
         with self._guard.write_lock:
+            if self._frames_ourselves and protocol.state is ConnectionState.OPEN:
+                # Our client never negotiates an extension, so its data frames are plain masked
+                # frames: build them with our framing (C masking when available), not wsproto's.
+                write_frames(self._guard.raw, _framing.encode_messages(messages))
+                return
             frames: List[bytes] = []
             try:
                 for message in messages:
