@@ -11,7 +11,7 @@ import pytest
 from duplexthreads.transports import _framing
 
 
-def unmask(frame: bytes) -> "tuple[int, bool, bytes]":
+def unmask(frame: bytes) -> tuple[int, bool, bytes]:
     """Decode one client frame: (opcode, fin, payload)."""
     first, second = frame[0], frame[1]
     assert second & 0x80, "client frames must be masked"
