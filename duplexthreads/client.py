@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ssl
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, start_session
 from .transports.base import Transport
 
 __all__ = ["BACKENDS", "connect"]
@@ -45,13 +45,7 @@ def connect(
         ssl_context=ssl_context,
         open_timeout=open_timeout,
     )
-    try:
-        conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
-    except BaseException:
-        transport.shutdown()
-        transport.close(0)
-        raise
-    return conn.start()
+    return start_session(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
 
 
 def open_transport(
@@ -77,26 +71,26 @@ def open_transport(
         raise TypeError("ssl_context must be an ssl.SSLContext")
     if isinstance(subprotocols, str):
         raise TypeError("subprotocols must be a sequence of names, not one str")
+    transport: Transport = _client_transport_class(backend).connect(
+        url,
+        headers=_header_pairs(headers),
+        subprotocols=subprotocols,
+        ssl_context=ssl_context,
+        open_timeout=open_timeout,
+    )
+    return transport
+
+
+def _client_transport_class(backend: str) -> Any:
+    """The transport class for ``backend``, imported only when chosen."""
     if backend == "websocket-client":
         from .transports.websocket_client import WebSocketClientTransport
 
-        return WebSocketClientTransport.connect(
-            url,
-            headers=_header_pairs(headers),
-            subprotocols=subprotocols,
-            ssl_context=ssl_context,
-            open_timeout=open_timeout,
-        )
+        return WebSocketClientTransport
     if backend == "simple-websocket":
         from .transports.simple_websocket import SimpleWebSocketTransport
 
-        return SimpleWebSocketTransport.connect(
-            url,
-            headers=_header_pairs(headers),
-            subprotocols=subprotocols,
-            ssl_context=ssl_context,
-            open_timeout=open_timeout,
-        )
+        return SimpleWebSocketTransport
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, start_session
 
 __all__ = ["accept"]
 
@@ -29,10 +29,4 @@ def accept(
     from .transports.simple_websocket import SimpleWebSocketTransport
 
     transport = SimpleWebSocketTransport.accept(environ, subprotocols=subprotocols, max_message_size=max_message_size)
-    try:
-        conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
-    except BaseException:
-        transport.shutdown()
-        transport.close(0)
-        raise
-    return conn.start()
+    return start_session(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)

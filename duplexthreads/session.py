@@ -418,3 +418,20 @@ class Duplex:
 
     def _thread_name(self, role: str) -> str:
         return f"duplexthreads-{self.id}-{role}"
+
+
+def start_session(
+    transport: Transport,
+    *,
+    on_message: Optional[Callable[[Message], None]],
+    max_queue: Optional[int],
+    close_timeout: Optional[float],
+) -> Duplex:
+    """A started Duplex over a freshly opened transport, which is closed if that fails."""
+    try:
+        conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    except BaseException:
+        transport.shutdown()
+        transport.close(0)
+        raise
+    return conn.start()  # if a thread cannot start, start() itself tears the transport down

@@ -7,47 +7,18 @@ by tests/test_conformance.py; these tests cover the API around them.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import pytest
 
 from duplexthreads import ConnectionClosed, ConnectionClosedOK, Duplex, ExitReport, Message, Reason
-from duplexthreads.transports import MemoryTransport, memory_pair
+from duplexthreads.transports import memory_pair
 
 from ..peers import MemoryPeer
 from ..timing import UNIT
+from .support import SHORT, WAIT, MakePair, memory_transport
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
-
-#: Bound for something that must happen; generous, it is only spent when a test fails.
-WAIT = 5 * UNIT
-#: A wait that is expected to run out.
-SHORT = 0.05 * UNIT
-
-MakePair = Callable[..., Tuple[Duplex, MemoryPeer]]
-
-
-@pytest.fixture
-def make_pair() -> Iterator[MakePair]:
-    """Builds a (not yet started) Duplex and a MemoryPeer; both are ended at teardown."""
-    made: List[Tuple[Duplex, MemoryPeer]] = []
-
-    def make(**options: Any) -> Tuple[Duplex, MemoryPeer]:
-        ours, theirs = memory_pair()
-        conn = Duplex(ours, **options)
-        made.append((conn, MemoryPeer(theirs)))
-        return made[-1]
-
-    yield make
-    for conn, peer in made:
-        conn.abort()
-        peer.stop()
-
-
-def memory_transport(conn: Duplex) -> MemoryTransport:
-    transport = conn.transport
-    assert isinstance(transport, MemoryTransport)
-    return transport
 
 
 def thread_names(conn: Duplex, *roles: str) -> List[str]:

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, List
 
 import pytest
 
 from duplexthreads import Duplex, Reason, TransportError
 from duplexthreads.transports import memory_pair
 
-from ..peers import MemoryPeer
 from ..timing import UNIT
+from .support import WAIT, MakePair
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
-
-#: Bound for something that must happen; generous, it is only spent when a test fails.
-WAIT = 5 * UNIT
-
-MakePair = Callable[..., Tuple[Duplex, MemoryPeer]]
-
-
-@pytest.fixture
-def make_pair() -> Iterator[MakePair]:
-    """Builds a (not yet started) Duplex and a MemoryPeer; both are ended at teardown."""
-    made: List[Tuple[Duplex, MemoryPeer]] = []
-
-    def make(**options: Any) -> Tuple[Duplex, MemoryPeer]:
-        ours, theirs = memory_pair()
-        conn = Duplex(ours, **options)
-        made.append((conn, MemoryPeer(theirs)))
-        return made[-1]
-
-    yield make
-    for conn, peer in made:
-        conn.abort()
-        peer.stop()
 
 
 def worker_thread(conn: Duplex, role: str) -> threading.Thread:
