@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import simple_websocket
 import websocket
@@ -190,3 +190,80 @@ def close_after_failure(conn: Conn) -> None:
         conn.close()
     except Exception:  # noqa: BLE001 - the round's own error is the one to report
         pass
+
+
+# -- connections held open (idle, scale) -----------------------------------------------------------
+
+WSC_READER = "websocket-client + reader thread"
+#: The clients the idle and scale sections hold open: duplexthreads with both backends and
+#: every peer. The plain websocket-client loop gets a reader thread blocked in recv(), the
+#: usual way to receive while the main thread does something else.
+HELD_CLIENTS = (DT_WSC, DT_SWS, SWS, WSS, WSC_READER, WSA)
+
+
+@dataclass
+class Held:
+    """One connection held open, with the calls a section needs to end it."""
+
+    #: End it the way its library's users do: graceful close() (duplexthreads: Duplex.close()).
+    #: It does not wait for the library's threads beyond what the library itself does.
+    close: Callable[[], object]
+    #: shutdown(SHUT_RDWR) on its socket: wakes everything blocked on it; never blocks.
+    kill: Callable[[], None]
+    #: The threads started for it (for duplexthreads: Duplex.threads()).
+    threads: Callable[[], List[threading.Thread]]
+    #: duplexthreads only: abort().
+    abort: Optional[Callable[[], object]] = None
+
+
+def open_held(client: str, url: str, keepalive: bool = True) -> Held:
+    """Open one connection of ``client`` and leave it idle; ``keepalive=False`` turns client pings off.
+
+    Only websockets' sync client pings by default (every 20 s, in a thread of its own); the
+    others have no keepalive unless asked.
+    """
+    if client in BACKENDS:
+        dconn = duplexthreads.connect(url, backend=BACKENDS[client], open_timeout=IO_TIMEOUT)
+        return Held(dconn.close, dconn.transport.shutdown, lambda: list(dconn.threads()), dconn.abort)
+    if client == WSA:
+        app = AppClient(url, thread_name="bench-websocketapp")
+        return Held(app.app.close, app.kill, lambda: [app.thread])
+    if client == SWS:
+        sws = simple_websocket.Client.connect(
+            url, thread_class=partial(threading.Thread, daemon=True, name="bench-simple-websocket")
+        )
+        return Held(sws.close, partial(shutdown_socket, sws.sock), lambda: [sws.thread])
+    if client == WSS:
+        options: Dict[str, Any] = {} if keepalive else {"ping_interval": None}
+        wss = websockets_connect(url, open_timeout=IO_TIMEOUT, legacy=True, **options)
+        threads = [t for t in (wss.recv_events_thread, getattr(wss, "keepalive_thread", None)) if t is not None]
+        return Held(wss.close, partial(shutdown_socket, wss.socket), lambda: threads)
+    if client == WSC_READER:
+        return ReaderClient(url).held()
+    raise ValueError(f"unknown client {client!r}")
+
+
+class ReaderClient:
+    """A plain ``websocket.WebSocket`` whose reader thread is blocked in ``recv()``."""
+
+    def __init__(self, url: str) -> None:
+        self.ws: Any = websocket.create_connection(url, timeout=IO_TIMEOUT)
+        self.ws.sock.settimeout(None)  # as with create_connection(url): block, no timeout polling
+        self.thread = threading.Thread(target=self._read, name="bench-wsc-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while self.ws.recv():
+                pass
+        except (websocket.WebSocketException, OSError):
+            pass  # closed or shut down: the reader's job is over
+
+    def close(self) -> None:
+        """websocket-client's close() would wait on the lock the reader holds: shut down, join, close."""
+        shutdown_socket(self.ws.sock)
+        self.thread.join(IO_TIMEOUT)
+        self.ws.shutdown()
+
+    def held(self) -> Held:
+        return Held(self.close, partial(shutdown_socket, self.ws.sock), lambda: [self.thread])

@@ -256,24 +256,26 @@ def task_ids() -> Set[int]:
         return set()
 
 
-def context_switches(tids: Iterable[int]) -> Tuple[int, int]:
-    """Sum of voluntary + involuntary context switches of the given threads, and how many were read.
+def context_switches(tids: Iterable[int]) -> Dict[int, int]:
+    """Voluntary + involuntary context switches so far of each given thread of this process.
 
-    A thread that has already exited cannot be read and is left out of both numbers.
+    Every switch is one time the thread stopped running: it blocked (voluntary) or was
+    preempted (involuntary); a thread blocked in one call throughout adds nothing. A thread
+    that has already exited cannot be read and is left out.
     """
-    total = 0
-    read = 0
+    found: Dict[int, int] = {}
     for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/status") as status:
                 lines = status.read().splitlines()
         except OSError:
             continue
-        read += 1
-        for line in lines:
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                total += int(line.split()[1])
-    return total, read
+        found[tid] = sum(
+            int(line.split()[1])
+            for line in lines
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+        )
+    return found
 
 
 def proc_status_field(path: str, key: str) -> Optional[int]:

@@ -1,0 +1,192 @@
+"""What idle connections cost: CPU time and thread wake-ups per connection per second.
+
+Promise P6: an idle duplexthreads connection wakes only for its heartbeat, and without one it
+does not wake at all. Today's libraries differ: WebSocketApp's ``run_forever`` selects with a
+10 s timeout, a polling design wakes every interval.
+
+Method
+------
+For each client (duplexthreads with each backend, WebSocketApp, simple-websocket, websockets'
+sync client, and a plain websocket-client connection with a reader thread blocked in
+``recv()``), in turn:
+
+1. Note this process's OS threads (``/proc/self/task``), then open N = 50 connections to the
+   loopback server (websockets' threading server in a child process, pings off; every client
+   with its pings off too, since duplexthreads has no heartbeat yet and the point is the cost
+   of doing nothing). The threads that appeared are the client's threads.
+2. Settle for 0.5 s, so that the threads have reached the call they block in.
+3. Over the idle window (10 s; 3 s with ``--quick``) the measuring thread waits on an Event.
+   Before and after it reads ``time.process_time()`` (CPU of every thread of the process) and,
+   for each of the client's threads, ``voluntary_ctxt_switches + nonvoluntary_ctxt_switches``
+   from ``/proc/self/task/TID/status``. A thread blocked throughout in one call adds no switch;
+   each wake-up adds at least one. The measuring thread, the main thread and anything that
+   existed before are left out, so a thread some other code left behind cannot be counted.
+4. Report wake-ups and CPU microseconds per connection per second, then close every
+   connection (its library's ``close()``) and join its threads, bounded.
+
+CPU includes the measuring thread's few reads of ``/proc``: tens of microseconds over the
+window, under 0.1 µs per connection per second.
+
+The metric ``idle.<client>.wakeups_per_conn_per_s`` for duplexthreads is declared a leak
+(``leak=True``): with no heartbeat the expected value is exactly 0, any wake-up at all means
+something polls, and a relative tolerance against a baseline of 0 means nothing. CPU is in the
+table only: at these magnitudes it is the noise of the machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+from functools import partial
+from typing import Any, Dict, List, Tuple
+
+from ._clients import BACKENDS, HELD_CLIENTS, LINGERING, Held, open_held
+from ._harness import PeerServer, Phase, Watch, context_switches, fmt, phase_notes, task_ids
+from ._metrics import Metric
+
+NAME = "idle"
+CONNECTIONS = 50
+WINDOW = {False: 10.0, True: 3.0}
+SETTLE = 0.5
+#: How long closing waits for a client's threads before leaving them to LINGERING.
+JOIN_AFTER_CLOSE = 2.0
+SLUGS = {
+    "duplexthreads (websocket-client)": "duplexthreads-wsc",
+    "duplexthreads (simple-websocket)": "duplexthreads-sws",
+}
+
+
+def measure_client(watch: Watch, client: str, url: str, count: int, window: float) -> Dict[str, Any]:
+    """Open ``count`` idle connections of ``client``, measure them over ``window`` s, close them."""
+    held: List[Held] = []
+    watch.arm(lambda: [h.kill() for h in list(held)])
+    gc.collect()
+    before = task_ids()
+    opening = time.monotonic()
+    try:
+        for _ in range(count):
+            if watch.killed:
+                raise RuntimeError("killed while opening")
+            held.append(open_held(client, url, keepalive=False))
+        open_seconds = time.monotonic() - opening
+        time.sleep(SETTLE)
+        tids = task_ids() - before
+        switches_start = context_switches(tids)
+        cpu_start = time.process_time()
+        started = time.monotonic()
+        threading.Event().wait(window)  # nothing sets it: this thread sleeps through the window
+        elapsed = time.monotonic() - started
+        cpu = time.process_time() - cpu_start
+        switches_end = context_switches(tids)
+    finally:
+        closing = time.monotonic()
+        closing_errors, lingering = close_all(held)
+        close_seconds = time.monotonic() - closing
+    common = switches_start.keys() & switches_end.keys()
+    wakeups = sum(switches_end[tid] - switches_start[tid] for tid in common)
+    per_conn_s = count * elapsed
+    return {
+        "connections": count,
+        "window_seconds": elapsed,
+        "threads": len(tids),
+        "threads_per_connection": len(tids) / count,
+        "threads_exited_during_window": len(switches_start) - len(common),
+        "wakeups": wakeups,
+        "wakeups_per_conn_per_s": wakeups / per_conn_s,
+        "cpu_seconds": cpu,
+        "cpu_us_per_conn_per_s": cpu * 1e6 / per_conn_s,
+        "closing_errors": closing_errors,
+        "threads_alive_after_close": lingering,
+        "open_seconds": open_seconds,
+        "close_seconds": close_seconds,
+    }
+
+
+def close_all(held: List[Held]) -> Tuple[List[str], int]:
+    """Close every connection, then join their threads for JOIN_AFTER_CLOSE s.
+
+    Returns what went wrong and how many threads were still alive; those are handed to
+    LINGERING and joined at the end of the section, so that WebSocketApp's threads, which
+    often outlive close() by their 10 s select timeout, do not hold the next client up.
+    """
+    errors: List[str] = []
+    threads: List[threading.Thread] = []
+    for connection in held:
+        threads += connection.threads()
+        try:
+            connection.close()
+        except Exception as exc:  # noqa: BLE001 - one bad close must not leave the others open
+            errors.append(repr(exc))
+            connection.kill()
+    deadline = time.monotonic() + JOIN_AFTER_CLOSE
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = [t for t in threads if t.is_alive()]
+    for thread in alive:
+        LINGERING.add(thread)
+    return errors[:5], len(alive)
+
+
+def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
+    window = WINDOW[quick]
+    phase: Phase[Dict[str, Any]] = Phase("idle", cap_seconds)
+    clients: Dict[str, Any] = {}
+    with PeerServer(max_seconds=cap_seconds + 120) as server:
+        for client in HELD_CLIENTS:
+            # Threads an earlier client left running must not wake (and spend CPU) in this window.
+            LINGERING.reap(15.0)
+            print(f"... idle: {client}", file=sys.stderr, flush=True)
+            clients[client] = phase.run(
+                client,
+                partial(measure_client, client=client, url=server.url("/echo"), count=CONNECTIONS, window=window),
+            )
+        _, still_alive = LINGERING.reap(15.0)
+    return {
+        "connections": CONNECTIONS,
+        "window_seconds": window,
+        "clients": clients,
+        "threads_alive_15s_after_section": still_alive,
+        **phase.summary(),
+    }
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    lines = [
+        f"Idle cost: {result['connections']} idle connections per client, {result['window_seconds']:g} s window,"
+        " client and server pings off",
+        f"{'client':34} {'threads/conn':>12} {'wake-ups':>9} {'wake-ups/conn/s':>16} {'CPU µs/conn/s':>14}"
+        f" {'open/close s':>13}",
+    ]
+    for client, entry in result["clients"].items():
+        if entry is None:
+            lines.append(f"{client:34} {'failed':>12}")
+            continue
+        lines.append(
+            f"{client:34} {entry['threads_per_connection']:>12.2f} {entry['wakeups']:>9}"
+            f" {entry['wakeups_per_conn_per_s']:>16.3f} {fmt(entry['cpu_us_per_conn_per_s'], '.2f'):>14}"
+            f" {entry['open_seconds']:>6.2f}/{entry['close_seconds']:<6.2f}"
+        )
+        for error in entry["closing_errors"]:
+            lines.append(f"    closing: {error}")
+        if entry["threads_exited_during_window"]:
+            lines.append(f"    {entry['threads_exited_during_window']} threads exited during the window")
+        if entry["threads_alive_after_close"]:
+            lines.append(
+                f"    {entry['threads_alive_after_close']} threads still alive {JOIN_AFTER_CLOSE:g} s after close()"
+            )
+    target = all((result["clients"].get(client) or {}).get("wakeups", 1) == 0 for client in BACKENDS)
+    lines.append(f"target (duplexthreads: zero wake-ups without a heartbeat): {'met' if target else 'NOT met'}")
+    return "\n".join(lines + phase_notes(result))
+
+
+def metrics(result: Dict[str, Any]) -> List[Metric]:
+    found: List[Metric] = []
+    for client, slug in SLUGS.items():
+        entry = result["clients"].get(client)
+        if entry is not None:
+            found.append(
+                Metric(f"idle.{slug}.wakeups_per_conn_per_s", entry["wakeups_per_conn_per_s"], "/s", "lower", leak=True)
+            )
+    return found
