@@ -1,19 +1,18 @@
 """Suite-wide guards: every test fails on a leaked thread or fd, an unclosed socket
-(ResourceWarning is an error, see setup.cfg) or an exception raised in a thread."""
+(ResourceWarning is an error, see setup.cfg) or an exception raised in a thread.
+
+The leak check is duplexthreads' own pytest plugin, turned on by ``addopts`` in setup.cfg; it
+covers the setup, call and teardown of each test."""
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
-
-from duplexthreads.testing import LeakCheck
 
 from .timing import UNIT
 
 
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Autouse, set up first and torn down last: covers setup, call and teardown of each test."""
-    with LeakCheck(timeout=3 * UNIT):
-        yield
+def pytest_configure(config: pytest.Config) -> None:
+    # The leak check's wait is a bound like any other: it scales with the suite's time unit,
+    # unless the command line gives one.
+    if config.getoption("duplexthreads_leak_timeout", None) is None:
+        config.option.duplexthreads_leak_timeout = 3 * UNIT

@@ -1,21 +1,9 @@
-"""Leak checks for test suites: prove that connections leave no thread and no file behind.
+"""LeakCheck: snapshot what the process holds, then prove a block of code gave it all back.
 
-``LeakCheck`` snapshots the process's threads (by identity, daemon threads included) and open
-file descriptors (with what they point to: sockets, pipes, files). On exit it waits, against a
-deadline, for the process to return to the snapshot, and raises :class:`LeakError` naming each
-leaked thread with its current stack and each leaked descriptor with its target::
-
-    from duplexthreads.testing import LeakCheck
-
-    with LeakCheck(timeout=2.0) as check:
-        run_my_client()
-    print(check.quiesce_seconds)
-
-    @LeakCheck(ignore_threads=[r"^pydevd"])
-    def test_something(): ...
-
-The wait re-checks whenever a thread ends (it joins the leftover threads with short bounded
-joins) instead of sleeping a fixed time, so a clean run returns as soon as it is clean.
+A snapshot records the threads (by identity), the OS-level threads of the process (their ids in
+``/proc/self/task``, so threads that C extensions start behind ``threading``'s back count too),
+the open file descriptors with their targets, and the resident set size. ``verify()`` waits,
+against one deadline, until nothing the block added is left, and names what is.
 """
 
 from __future__ import annotations
@@ -28,23 +16,54 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Sequence, Set, Type, TypeVar
-
-__all__ = ["LeakCheck", "LeakError", "open_fds"]
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Pattern,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _FD_DIR = "/proc/self/fd"
+_TASK_DIR = "/proc/self/task"
+_STATUS_FILE = "/proc/self/status"
+
+#: Longest single join on a leftover thread: the wait re-checks everything at least this often.
+_JOIN_SLICE = 0.05
+#: Descriptors and OS-level threads have no event to wait on: re-check them this often.
+_POLL_INTERVAL = 0.005
 
 
 class LeakError(AssertionError):
-    """Threads or file descriptors outlived the checked block."""
+    """Threads, file descriptors or memory outlived the checked block."""
 
-    def __init__(self, message: str, threads: Sequence[threading.Thread], fds: Dict[int, str]) -> None:
+    def __init__(
+        self,
+        message: str,
+        threads: Sequence[threading.Thread],
+        fds: Mapping[int, str],
+        *,
+        os_threads: Optional[Mapping[int, str]] = None,
+        rss_growth_kib: Optional[int] = None,
+    ) -> None:
         super().__init__(message)
         self.threads = tuple(threads)
         self.fds = dict(fds)
+        #: OS-level threads not started through ``threading``: thread id -> OS thread name.
+        self.os_threads = dict(os_threads or {})
+        self.rss_growth_kib = rss_growth_kib
 
 
 def open_fds() -> Dict[int, str]:
@@ -62,13 +81,107 @@ def open_fds() -> Dict[int, str]:
     return fds
 
 
+def os_threads() -> Dict[int, str]:
+    """OS-level threads of this process, ``threading`` or not: thread id -> OS thread name.
+
+    Empty where ``/proc`` is absent.
+    """
+    return {tid: _os_thread_name(tid) for tid in sorted(_os_thread_ids() or ())}
+
+
+def rss_kib() -> Optional[int]:
+    """Resident set size of this process in KiB (``VmRSS``), or None where /proc is absent."""
+    try:
+        with open(_STATUS_FILE, encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _os_thread_ids() -> Optional[FrozenSet[int]]:
+    try:
+        return frozenset(int(name) for name in os.listdir(_TASK_DIR))
+    except OSError:
+        return None
+
+
+def _os_thread_name(tid: int) -> str:
+    try:
+        with open(os.path.join(_TASK_DIR, str(tid), "comm"), encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip()
+    except OSError:
+        return "?"  # it ended since it was listed
+
+
+@dataclass(frozen=True, eq=False)
+class _Resources:
+    """Things a block of code can leave behind: threads, OS-level thread ids, descriptors."""
+
+    threads: FrozenSet[threading.Thread]
+    os_thread_ids: FrozenSet[int]
+    fds: Mapping[int, str]
+
+    @classmethod
+    def current(cls, *, fds: bool = True) -> _Resources:
+        return _take(fds=fds)[1]
+
+    def plus(self, other: _Resources) -> _Resources:
+        return _Resources(
+            self.threads | other.threads, self.os_thread_ids | other.os_thread_ids, {**self.fds, **other.fds}
+        )
+
+    def minus(self, other: _Resources) -> _Resources:
+        """What this holds that ``other`` does not (a descriptor whose target changed is new)."""
+        return _Resources(
+            self.threads - other.threads,
+            self.os_thread_ids - other.os_thread_ids,
+            {fd: target for fd, target in self.fds.items() if other.fds.get(fd) != target},
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.threads or self.os_thread_ids or self.fds)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """The process-wide numbers a failure report shows before and after."""
+
+    active_count: int
+    os_thread_count: Optional[int]
+    rss_kib: Optional[int]
+
+
+def _take(*, fds: bool) -> Tuple[List[threading.Thread], _Resources, _Counts]:
+    """One look at the process: its threads in ``threading``'s order, its resources, its counts."""
+    # OS threads first: a thread that ends in between is then at worst listed by the OS and
+    # missing from threading, which the wait re-checks, never the other way round.
+    os_ids = _os_thread_ids()
+    alive = threading.enumerate()
+    resources = _Resources(frozenset(alive), os_ids or frozenset(), open_fds() if fds else {})
+    # len(threading.enumerate()) is threading.active_count(), taken from the same look.
+    counts = _Counts(len(alive), None if os_ids is None else len(os_ids), rss_kib())
+    return alive, resources, counts
+
+
 class LeakCheck:
-    """Context manager and decorator that fails when threads or fds outlive the block.
+    """Context manager and decorator that fails when threads, fds or memory outlive the block.
 
     ``timeout`` bounds the wait for threads and fds to go away. ``ignore_threads`` are regular
-    expressions matched against thread names. ``check_fds=False`` skips descriptors (for
-    platforms without ``/proc``). ``collect=True`` runs the garbage collector before comparing,
-    so objects that close their fd in ``__del__`` get the chance (and warn) inside the block.
+    expressions matched against thread names (for an OS-level thread not started through
+    ``threading``, against its OS name). ``ignore_fds`` are regular expressions matched against
+    what a descriptor points to (``pipe:[...]``, ``socket:[...]``, a path). ``check_fds=False``
+    skips descriptors. ``check_os_threads=False`` skips OS-level threads that ``threading`` does
+    not know. ``max_rss_growth_kib`` fails the check when the resident set grew by more than that
+    many KiB (None: growth is recorded, not limited). ``collect=True`` runs the garbage collector
+    before comparing, so objects that close their fd in ``__del__`` get the chance (and warn)
+    inside the block. ``label`` names the checked block in the failure message.
+
+    Whatever :meth:`verify` finds is kept on the object (``leaked_threads``, ``leaked_os_threads``,
+    ``leaked_fds``, ``rss_growth_kib`` and the counts before and after), also when it does not
+    raise. Where ``/proc`` is absent only ``threading``'s threads are checked.
     """
 
     def __init__(
@@ -76,25 +189,74 @@ class LeakCheck:
         timeout: float = 2.0,
         *,
         ignore_threads: Iterable[str] = (),
+        ignore_fds: Iterable[str] = (),
         check_fds: bool = True,
+        check_os_threads: bool = True,
+        max_rss_growth_kib: Optional[int] = None,
         collect: bool = True,
+        label: Optional[str] = None,
     ) -> None:
         if timeout < 0:
             raise ValueError("timeout must be >= 0")
+        if max_rss_growth_kib is not None and max_rss_growth_kib < 0:
+            raise ValueError("max_rss_growth_kib must be >= 0 or None")
         self.timeout = timeout
         self.ignore_threads: List[Pattern[str]] = [re.compile(pattern) for pattern in ignore_threads]
+        self.ignore_fds: List[Pattern[str]] = [re.compile(pattern) for pattern in ignore_fds]
         self.check_fds = check_fds
+        self.check_os_threads = check_os_threads
+        self.max_rss_growth_kib = max_rss_growth_kib
         self.collect = collect
-        #: Seconds the process took to return to the snapshot (set on a clean exit).
+        self.label = label
+        self._reset()
+        # Set by start(): what the process held then. The pytest plugin adjusts it for fixtures
+        # wider than a test, whose resources belong to the fixture rather than to the test.
+        self._baseline: Optional[_Resources] = None
+
+    def _reset(self) -> None:
+        #: Seconds the process took to return to the snapshot (set on a clean verify only).
         self.quiesce_seconds: Optional[float] = None
-        self._threads_before: Set[threading.Thread] = set()
-        self._fds_before: Dict[int, str] = {}
+        self.leaked_threads: Tuple[threading.Thread, ...] = ()
+        #: OS-level threads that ``threading`` does not know: thread id -> OS thread name.
+        self.leaked_os_threads: Dict[int, str] = {}
+        self.leaked_fds: Dict[int, str] = {}
+        #: KiB the resident set grew between start and verify; None before verify or without /proc.
+        self.rss_growth_kib: Optional[int] = None
+        self._before: Optional[_Counts] = None
+        self._after: Optional[_Counts] = None
+
+    # -- the counts a report shows, as plain attributes ----------------------------------------
+
+    @property
+    def active_count_before(self) -> Optional[int]:
+        """``threading.active_count()`` at start (None before start)."""
+        return None if self._before is None else self._before.active_count
+
+    @property
+    def active_count_after(self) -> Optional[int]:
+        """``threading.active_count()`` when verify finished (None before verify)."""
+        return None if self._after is None else self._after.active_count
+
+    @property
+    def os_thread_count_before(self) -> Optional[int]:
+        """OS-level threads of the process at start (None without /proc)."""
+        return None if self._before is None else self._before.os_thread_count
+
+    @property
+    def os_thread_count_after(self) -> Optional[int]:
+        """OS-level threads of the process when verify finished (None without /proc)."""
+        return None if self._after is None else self._after.os_thread_count
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def start(self) -> LeakCheck:
+        """Take the snapshot that :meth:`verify` compares against; ``with`` calls it for you."""
+        self._reset()
+        _, self._baseline, self._before = _take(fds=self.check_fds)
+        return self
 
     def __enter__(self) -> LeakCheck:
-        self._threads_before = set(threading.enumerate())
-        self._fds_before = open_fds() if self.check_fds else {}
-        self.quiesce_seconds = None
-        return self
+        return self.start()
 
     def __exit__(
         self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
@@ -104,65 +266,152 @@ class LeakCheck:
     def __call__(self, func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with LeakCheck(
-                self.timeout,
-                ignore_threads=[p.pattern for p in self.ignore_threads],
-                check_fds=self.check_fds,
-                collect=self.collect,
-            ):
+            with self._copy(label=self.label or func.__qualname__):
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
-    def verify(self, raise_error: bool = True) -> None:
-        """Wait for the process to return to the snapshot; raise :class:`LeakError` if it does not."""
+    def _copy(self, *, label: Optional[str]) -> LeakCheck:
+        return LeakCheck(
+            self.timeout,
+            ignore_threads=[p.pattern for p in self.ignore_threads],
+            ignore_fds=[p.pattern for p in self.ignore_fds],
+            check_fds=self.check_fds,
+            check_os_threads=self.check_os_threads,
+            max_rss_growth_kib=self.max_rss_growth_kib,
+            collect=self.collect,
+            label=label,
+        )
+
+    def verify(self, raise_error: bool = True) -> bool:
+        """Wait for the process to give back what the block took; True if it did.
+
+        Otherwise raise :class:`LeakError` (or, with ``raise_error=False``, return False); the
+        findings are on the object either way.
+        """
+        if self._baseline is None:
+            raise RuntimeError("LeakCheck.verify() before start(): use `with LeakCheck():` or call start()")
         started = time.monotonic()
         deadline = started + self.timeout
         if self.collect:
             gc.collect()
         while True:
-            threads = self._new_threads()
-            fds = self._new_fds()
-            if not threads and not fds:
-                self.quiesce_seconds = time.monotonic() - started
-                return
+            self._look()
+            clean = not (self.leaked_threads or self.leaked_os_threads or self.leaked_fds or self._rss_exceeded())
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if clean or remaining <= 0:
                 break
-            if threads:
+            if self.leaked_threads:
                 # Returns as soon as that thread ends: waiting on the event we care about.
-                threads[0].join(min(remaining, 0.05))
+                self.leaked_threads[0].join(min(remaining, _JOIN_SLICE))
             else:
-                # Descriptors have no event to wait on; re-check at a short, bounded interval.
+                # Descriptors, OS threads and memory have no event to wait on: a short, bounded poll.
                 if self.collect:
                     gc.collect()
-                time.sleep(min(remaining, 0.005))
-        if raise_error:
-            raise LeakError(self._describe(threads, fds), threads, fds)
+                time.sleep(min(remaining, _POLL_INTERVAL))
+        if clean:
+            self.quiesce_seconds = time.monotonic() - started
+        elif raise_error:
+            raise self.error()
+        return clean
 
-    def _new_threads(self) -> List[threading.Thread]:
-        return [
+    def error(self) -> LeakError:
+        """The :class:`LeakError` describing what the last :meth:`verify` found."""
+        return LeakError(
+            self._describe(),
+            self.leaked_threads,
+            self.leaked_fds,
+            os_threads=self.leaked_os_threads,
+            rss_growth_kib=self.rss_growth_kib,
+        )
+
+    # -- the plugin's adjustments for fixtures wider than a test --------------------------------
+
+    def _allow(self, resources: _Resources) -> None:
+        """Count these as held before the block (a wider fixture set them up inside it)."""
+        assert self._baseline is not None, "start() first"
+        self._baseline = self._baseline.plus(resources)
+
+    def _expect_gone(self, resources: _Resources) -> None:
+        """Require these to be gone at verify even if they were held at start."""
+        assert self._baseline is not None, "start() first"
+        self._baseline = self._baseline.minus(resources)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _look(self) -> None:
+        assert self._baseline is not None
+        alive, now, self._after = _take(fds=self.check_fds)
+        added = now.minus(self._baseline)
+        self.leaked_threads = tuple(
             thread
-            for thread in threading.enumerate()
-            if thread not in self._threads_before
-            and thread.is_alive()
-            and not any(pattern.search(thread.name) for pattern in self.ignore_threads)
+            for thread in alive
+            if thread in added.threads and thread.is_alive() and not self._ignored(thread.name)
+        )
+        self.leaked_os_threads = {}
+        if self.check_os_threads:
+            known = {thread.native_id for thread in alive}
+            for tid in sorted(added.os_thread_ids - known):
+                name = _os_thread_name(tid)
+                if not self._ignored(name):
+                    self.leaked_os_threads[tid] = name
+        self.leaked_fds = {
+            fd: target
+            for fd, target in sorted(added.fds.items())
+            if not any(pattern.search(target) for pattern in self.ignore_fds)
+        }
+        assert self._before is not None
+        if self._before.rss_kib is None or self._after.rss_kib is None:
+            self.rss_growth_kib = None
+        else:
+            self.rss_growth_kib = self._after.rss_kib - self._before.rss_kib
+
+    def _ignored(self, name: str) -> bool:
+        return any(pattern.search(name) for pattern in self.ignore_threads)
+
+    def _rss_exceeded(self) -> bool:
+        limit = self.max_rss_growth_kib
+        return limit is not None and self.rss_growth_kib is not None and self.rss_growth_kib > limit
+
+    def _describe(self) -> str:
+        where = f" in {self.label}" if self.label else ""
+        found = [
+            f"{count} {what}"
+            for count, what in [
+                (len(self.leaked_threads), "thread(s)"),
+                (len(self.leaked_os_threads), "OS-level thread(s) outside threading"),
+                (len(self.leaked_fds), "file descriptor(s)"),
+            ]
+            if count
         ]
-
-    def _new_fds(self) -> Dict[int, str]:
-        if not self.check_fds:
-            return {}
-        now = open_fds()
-        return {fd: target for fd, target in now.items() if self._fds_before.get(fd) != target}
-
-    def _describe(self, threads: Sequence[threading.Thread], fds: Dict[int, str]) -> str:
-        lines = [f"leak after {self.timeout} s: {len(threads)} thread(s), {len(fds)} file descriptor(s)"]
+        if self._rss_exceeded():
+            found.append(f"RSS grew {self.rss_growth_kib} KiB (limit {self.max_rss_growth_kib} KiB)")
+        lines = [f"leak{where} after {self.timeout:g} s: " + ", ".join(found)]
+        lines.append(self._counts_line())
         frames = sys._current_frames()
-        for thread in threads:
+        for thread in self.leaked_threads:
             lines.append(f"thread {thread.name!r} (daemon={thread.daemon}) still alive at:")
             frame = frames.get(thread.ident or -1)
             if frame is not None:
-                lines.extend("    " + line.rstrip() for line in traceback.format_stack(frame)[-6:])
-        for fd, target in sorted(fds.items()):
+                stack = "".join(traceback.format_stack(frame)[-6:])
+                lines.extend("    " + line for line in stack.splitlines())
+        for tid, name in self.leaked_os_threads.items():
+            lines.append(f"OS thread {tid} {name!r} still alive, not started through threading (a C extension's?)")
+        for fd, target in self.leaked_fds.items():
             lines.append(f"fd {fd} -> {target}")
         return "\n".join(lines)
+
+    def _counts_line(self) -> str:
+        before, after = self._before, self._after
+        assert before is not None and after is not None
+
+        def pair(first: Optional[int], last: Optional[int], unit: str = "") -> str:
+            if first is None or last is None:
+                return "unknown (no /proc)"
+            return f"{first}{unit} before, {last}{unit} after"
+
+        return (
+            f"threading.active_count(): {pair(before.active_count, after.active_count)}; "
+            f"OS threads: {pair(before.os_thread_count, after.os_thread_count)}; "
+            f"RSS: {pair(before.rss_kib, after.rss_kib, ' KiB')}"
+        )
