@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 from typing import Iterator, List
 
 import pytest
 
-from duplexthreads.testing import LeakCheck, LeakError, open_fds
+from duplexthreads.testing import LeakCheck, LeakError, _leaks, open_fds, os_threads, rss_kib
 
 from ..timing import UNIT
 
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.timeout(30 * UNIT)
 WAIT = 5 * UNIT
 #: The timeout of a check that is expected to fail.
 SHORT = 0.05 * UNIT
+
+HAVE_PROC = os.path.isdir("/proc/self/task")
+needs_proc = pytest.mark.skipif(not HAVE_PROC, reason="needs Linux /proc")
 
 
 class Parked:
@@ -157,3 +161,176 @@ def test_an_error_in_the_block_is_not_masked_by_a_leak(parked: List[Parked]) -> 
 def test_negative_timeout_is_refused() -> None:
     with pytest.raises(ValueError):
         LeakCheck(timeout=-1)
+
+
+def test_verify_before_start_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="before start"):
+        LeakCheck().verify()
+
+
+def test_reports_thread_counts_before_and_after(parked: List[Parked]) -> None:
+    leaker = park(parked, "unit-counted-leak")
+    with pytest.raises(LeakError) as leak:
+        with LeakCheck(timeout=SHORT) as check:
+            leaker.start()
+    assert check.active_count_before is not None and check.active_count_after is not None
+    assert check.active_count_after == check.active_count_before + 1
+    message = str(leak.value)
+    assert f"threading.active_count(): {check.active_count_before} before, {check.active_count_after} after" in message
+    if HAVE_PROC:
+        assert check.os_thread_count_before is not None and check.os_thread_count_after is not None
+        assert check.os_thread_count_after == check.os_thread_count_before + 1
+        assert f"OS threads: {check.os_thread_count_before} before, {check.os_thread_count_after} after" in message
+        assert leaker.thread.native_id in os_threads()
+    assert check.leaked_os_threads == {}  # a threading.Thread is reported as one, not twice
+
+
+@needs_proc
+def test_catches_an_os_thread_that_threading_does_not_know() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    tids: List[int] = []
+
+    def body() -> None:  # started with _thread, as a C extension would: threading never hears of it
+        tids.append(threading.get_native_id())
+        started.set()
+        release.wait(WAIT)
+
+    # threading cannot join this thread: this check, started first, waits for it to be gone.
+    settled = LeakCheck(timeout=WAIT).start()
+    try:
+        with pytest.raises(LeakError) as leak:
+            with LeakCheck(timeout=SHORT) as check:
+                _thread.start_new_thread(body, ())
+                assert started.wait(WAIT)
+    finally:
+        release.set()
+    assert settled.verify()
+    assert list(leak.value.os_threads) == tids == list(check.leaked_os_threads)
+    assert leak.value.threads == ()
+    assert f"OS thread {tids[0]} " in str(leak.value)
+    assert "not started through threading" in str(leak.value)
+    assert check.active_count_after == check.active_count_before
+    assert check.os_thread_count_before is not None
+    assert check.os_thread_count_after == check.os_thread_count_before + 1
+
+
+@needs_proc
+def test_check_os_threads_false_leaves_them_alone() -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def body() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    settled = LeakCheck(timeout=WAIT).start()
+    try:
+        with LeakCheck(timeout=SHORT, check_os_threads=False) as check:
+            _thread.start_new_thread(body, ())
+            assert started.wait(WAIT)
+    finally:
+        release.set()
+    assert settled.verify()
+    assert check.quiesce_seconds is not None and check.leaked_os_threads == {}
+
+
+@needs_proc
+def test_rss_growth_is_recorded_and_limited() -> None:
+    with LeakCheck(timeout=WAIT) as check:
+        pass
+    assert isinstance(check.rss_growth_kib, int)
+    size_kib = 32 * 1024
+    with pytest.raises(LeakError) as leak:
+        with LeakCheck(timeout=SHORT, max_rss_growth_kib=size_kib // 4) as check:
+            ballast = b"\x01" * (size_kib * 1024)  # written, so resident
+    del ballast
+    assert check.rss_growth_kib is not None and check.rss_growth_kib >= size_kib // 2
+    assert leak.value.rss_growth_kib == check.rss_growth_kib
+    assert f"RSS grew {check.rss_growth_kib} KiB (limit {size_kib // 4} KiB)" in str(leak.value)
+    assert leak.value.threads == () and leak.value.fds == {}
+    with LeakCheck(timeout=WAIT, max_rss_growth_kib=size_kib) as check:
+        pass  # within the limit
+    assert check.quiesce_seconds is not None
+    current = rss_kib()
+    assert current is not None and current > 0
+
+
+def test_negative_rss_limit_is_refused() -> None:
+    with pytest.raises(ValueError):
+        LeakCheck(max_rss_growth_kib=-1)
+
+
+def test_ignore_fds_skips_matching_targets() -> None:
+    opened: List[int] = []
+    try:
+        with LeakCheck(timeout=SHORT, ignore_fds=[r"^pipe:"]) as check:
+            opened.extend(os.pipe())
+        assert check.quiesce_seconds is not None
+        with pytest.raises(LeakError) as leak:
+            with LeakCheck(timeout=SHORT, ignore_fds=[r"^socket:"]):
+                opened.extend(os.pipe())
+        assert list(leak.value.fds) == opened[2:]
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def test_raise_error_false_keeps_the_findings_on_the_check(parked: List[Parked]) -> None:
+    leaker = park(parked, "unit-quiet-leak")
+    check = LeakCheck(timeout=SHORT).start()
+    leaker.start()
+    read_end, write_end = os.pipe()
+    try:
+        assert check.verify(raise_error=False) is False
+        assert check.leaked_threads == (leaker.thread,)
+        assert check.leaked_fds.keys() == {read_end, write_end}
+        assert check.quiesce_seconds is None
+        error = check.error()
+        assert error.threads == (leaker.thread,) and error.fds == check.leaked_fds
+        assert "'unit-quiet-leak'" in str(error)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    leaker.stop()
+    assert check.verify(raise_error=False) is True  # the same check, once the process settled
+    assert check.leaked_threads == () and check.leaked_fds == {}
+    assert check.quiesce_seconds is not None
+
+
+def test_a_block_that_raises_keeps_the_findings_too(parked: List[Parked]) -> None:
+    leaker = park(parked, "unit-leak-with-error")
+    with pytest.raises(KeyError):
+        with LeakCheck(timeout=SHORT) as check:
+            leaker.start()
+            raise KeyError("the block's own error")
+    assert check.leaked_threads == (leaker.thread,)
+
+
+def test_the_decorator_names_the_function_in_the_report(parked: List[Parked]) -> None:
+    leaker = park(parked, "unit-labelled-leak")
+
+    @LeakCheck(timeout=SHORT)
+    def leaks_politely() -> None:
+        leaker.start()
+
+    with pytest.raises(LeakError, match=r"^leak in .*leaks_politely after "):
+        leaks_politely()
+
+
+def test_without_proc_only_threading_is_checked(monkeypatch: pytest.MonkeyPatch, parked: List[Parked]) -> None:
+    for name in ["_FD_DIR", "_TASK_DIR", "_STATUS_FILE"]:
+        monkeypatch.setattr(_leaks, name, "/nonexistent/duplexthreads-test")
+    assert open_fds() == {} and os_threads() == {} and rss_kib() is None
+    with LeakCheck(timeout=WAIT, max_rss_growth_kib=0) as check:
+        read_end, write_end = os.pipe()  # invisible without /proc
+    os.close(read_end)
+    os.close(write_end)
+    assert check.quiesce_seconds is not None
+    assert check.rss_growth_kib is None and check.os_thread_count_before is None
+    leaker = park(parked, "unit-leak-without-proc")
+    with pytest.raises(LeakError) as leak:
+        with LeakCheck(timeout=SHORT):
+            leaker.start()
+    assert leak.value.threads == (leaker.thread,)
+    assert "OS threads: unknown (no /proc)" in str(leak.value)
