@@ -1,0 +1,566 @@
+"""Leak soak: thousands of connect / traffic / fault / teardown cycles, every one accounted for.
+
+``python -m benchmarks.soak [--quick]`` prints the table; the runner calls ``measure``. The
+random faults come from ``random.Random(seed)``; the seed is printed and recorded, and
+``DUPLEXTHREADS_SOAK_SEED=<seed>`` replays the same sequence of faults and message counts
+(thread timing still varies from run to run).
+
+Method
+------
+Two kinds of cycle, each checked on its own:
+
+(a) memory: ``duplexthreads.transports.memory_pair()``, a ``Duplex`` on one end and a peer thread
+    reading the other (answering close frames), 5,000 cycles (quick 500). Faults: the peer
+    resets, sends FIN, or sends a close frame; our end's writes fail after a random number of
+    messages, or its next read fails; the peer stops reading and we close (close_timeout 50 ms);
+    ``abort()``; ``close()``; the ``on_message`` callback raises.
+(b) loopback: ``duplexthreads.connect`` over each backend, alternating, against the scripted
+    wsproto server of ``_faults.py`` (in this process), 1,000 cycles per backend (quick 100).
+    Faults: the peer resets (RST), sends FIN, or sends a close frame; the peer is silent and we
+    close (close_timeout 50 ms); a write error (``shutdown(SHUT_WR)`` on our socket, then a
+    send); ``abort()``; ``close()``.
+
+Each cycle opens a connection, sends 0-20 numbered messages each way, receives some of them,
+injects its fault (sometimes sending more just after), and waits for the exit report (at most
+5 s). Then it checks: the reason is one the fault allows; message accounting (P4): the messages
+``send()`` accepted equal ``sent[:report.written] + report.unsent``, and what the peer received
+is a prefix of ``sent[:report.written]``; what we received is a prefix of what the peer sent; a
+graceful ``close()`` delivered everything and reported ``ok``; no thread of the connection is
+alive after ``wait()`` (P1) and its socket is closed (P2; memory: ``close()`` called exactly
+once). Any miss is a failure, recorded with its cycle number and fault.
+
+At the end, against the start of the section: threads named ``duplexthreads-*`` alive,
+``threading.active_count()``, open fds, and RSS (VmRSS, after ``gc.collect()``; its baseline is
+taken after a warm-up of 50 memory and 10 loopback cycles per backend, also checked, so that
+one-time allocations do not count as growth). Cycles stop early, marked incomplete, when
+``cap_seconds`` runs out: memory cycles may use 40% of it, loopback the rest.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import duplexthreads
+from duplexthreads import ConnectionClosed, Duplex, ExitReport, Reason
+from duplexthreads.exceptions import TransportError
+from duplexthreads.report import Message
+from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
+
+from ._faults import (
+    IO_TIMEOUT,
+    PEER_THREAD_PREFIX,
+    Deadline,
+    Leftovers,
+    PeerServer,
+    fd_count,
+    fmt,
+    library_threads,
+    load_average,
+    rss_kib,
+    run_standalone,
+    summary_ms,
+)
+from ._metrics import Metric
+
+NAME = "soak"
+
+#: Bound on every wait of a cycle: the report, a receive, the peer's end.
+CYCLE_TIMEOUT = 5.0
+#: close_timeout for cycles where the close is meant to time out (silent or non-reading peer).
+SHORT_CLOSE_TIMEOUT = 0.05
+#: close_timeout elsewhere: the peer answers at once.
+CLOSE_TIMEOUT = 2.0
+MAX_MESSAGES = 20
+#: RSS growth below this is noise (allocator, caches): the metric never goes under it.
+RSS_NOISE_FLOOR_KIB = 4096
+SEED_VARIABLE = "DUPLEXTHREADS_SOAK_SEED"
+
+MEMORY_ALLOWED: Dict[str, Set[Reason]] = {
+    "reset": {Reason.READ_ERROR, Reason.WRITE_ERROR},
+    "fin": {Reason.READ_ERROR},
+    "fail_writes": {Reason.WRITE_ERROR},
+    "fail_next_read": {Reason.READ_ERROR},
+    "stop_reading_close": {Reason.LOCAL_CLOSE},
+    "peer_close": {Reason.PEER_CLOSED},
+    "abort": {Reason.ABORTED},
+    "local_close": {Reason.LOCAL_CLOSE},
+    "callback_error": {Reason.READ_ERROR},
+}
+LOOPBACK_ALLOWED: Dict[str, Set[Reason]] = {
+    "reset": {Reason.READ_ERROR, Reason.WRITE_ERROR},
+    "fin": {Reason.READ_ERROR},
+    "peer_close": {Reason.PEER_CLOSED},
+    "silent_close": {Reason.LOCAL_CLOSE},
+    "write_error": {Reason.WRITE_ERROR},
+    "abort": {Reason.ABORTED},
+    "local_close": {Reason.LOCAL_CLOSE},
+}
+BACKENDS = ("websocket-client", "simple-websocket")
+
+
+@dataclass(frozen=True)
+class Config:
+    memory_cycles: int
+    loopback_cycles_per_backend: int
+    warmup_memory: int = 50
+    warmup_loopback_per_backend: int = 10
+
+
+FULL = Config(memory_cycles=5000, loopback_cycles_per_backend=1000)
+QUICK = Config(memory_cycles=500, loopback_cycles_per_backend=100)
+
+
+class InjectedError(Exception):
+    """Raised by the on_message callback on purpose."""
+
+
+@dataclass
+class Cycle:
+    """What one cycle did and saw; ``problems`` empty means it passed."""
+
+    kind: str
+    fault: str
+    sent: List[Message] = field(default_factory=list)
+    peer_sent: List[Message] = field(default_factory=list)
+    received: List[Message] = field(default_factory=list)
+    report: Optional[ExitReport] = None
+    problems: List[str] = field(default_factory=list)
+
+    def send(self, conn: Duplex, count: int) -> None:
+        """Send ``count`` numbered messages; those refused (connection ending) were not accepted."""
+        for _ in range(count):
+            message = f"m{len(self.sent)}"
+            try:
+                conn.send(message, timeout=CYCLE_TIMEOUT)
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                self.problems.append("send() still blocked after the cycle timeout")
+                return
+            self.sent.append(message)
+
+    def receive(self, conn: Duplex, count: int) -> None:
+        for _ in range(count):
+            try:
+                self.received.append(conn.recv(timeout=CYCLE_TIMEOUT))
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                self.problems.append("a message the peer sent did not arrive")
+                return
+
+    def check(self, allowed: Set[Reason], conn: Duplex, peer_received: List[Message], graceful: bool) -> None:
+        """The checks of the module docstring, on a connection that has ended."""
+        report = self.report
+        if report is None:
+            return
+        if report.reason not in allowed:
+            allowed_names = sorted(r.value for r in allowed)
+            self.problems.append(f"reason {report.reason.value}, allowed {allowed_names}: {report.describe()}")
+        written = report.written
+        if self.sent != self.sent[:written] + list(report.unsent):
+            self.problems.append(
+                f"P4: {len(self.sent)} accepted != {written} written + {len(report.unsent)} unsent (or out of order)"
+            )
+        if len(peer_received) > written or peer_received != self.sent[: len(peer_received)]:
+            self.problems.append(f"P4: the peer received {len(peer_received)}, not a prefix of the {written} written")
+        if self.received != self.peer_sent[: len(self.received)]:
+            self.problems.append("we received messages the peer did not send, or out of order")
+        if graceful and (not report.ok or peer_received != self.sent):
+            self.problems.append(f"graceful close: ok={report.ok}, peer got {len(peer_received)} of {len(self.sent)}")
+        if report.lingering:
+            self.problems.append(f"P1: lingering {list(report.lingering)}")
+        alive = [thread.name for thread in conn.threads() if thread.is_alive()]
+        if alive:
+            self.problems.append(f"P1: alive after wait(): {alive}")
+        if not conn.transport.closed:
+            self.problems.append("P2: transport not closed")
+
+    def await_report(self, conn: Duplex, request: Optional[Callable[[], Optional[ExitReport]]]) -> None:
+        """Wait (bounded) for the report; ``request`` is the close()/abort() that ends the cycle."""
+        try:
+            if request is not None:
+                request()
+            self.report = conn.wait(CYCLE_TIMEOUT)
+        except TimeoutError:
+            self.problems.append(f"no report within {CYCLE_TIMEOUT:g} s")
+            conn.transport.shutdown()
+            conn.abort()
+            self.report = conn.wait(CYCLE_TIMEOUT)
+
+
+# -- (a) memory -------------------------------------------------------------------------------------
+
+
+class MemoryPeer:
+    """Reads the far end of a memory pair in a thread, recording messages, answering close frames."""
+
+    def __init__(self, end: MemoryTransport) -> None:
+        self.end = end
+        self.received: List[Message] = []
+        # True once this side sent its own close frame: the next one is the answer, not a request.
+        self.closing = False
+        self.thread = threading.Thread(target=self._read, name=f"{PEER_THREAD_PREFIX}-memory", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                item = self.end.recv()
+            except TransportError:
+                return
+            if isinstance(item, CloseFrame):
+                if not self.closing:
+                    try:
+                        self.end.send_close(item.code, item.reason)
+                    except TransportError:
+                        pass
+                return
+            self.received.append(item)
+
+    def close(self) -> None:
+        self.closing = True
+        self.end.send_close(1000, "bye")
+
+    def stop(self) -> None:
+        self.end.shutdown()
+        self.thread.join(CYCLE_TIMEOUT)
+
+
+def memory_cycle(rng: random.Random, fault: str) -> Cycle:
+    cycle = Cycle("memory", fault)
+    ours, theirs = memory_pair()
+
+    def on_message(message: Message) -> None:
+        if message == "boom":
+            raise InjectedError("on_message raised on purpose")
+        cycle.received.append(message)
+
+    callback = fault == "callback_error"
+    close_timeout = SHORT_CLOSE_TIMEOUT if fault == "stop_reading_close" else CLOSE_TIMEOUT
+    conn = Duplex(ours, on_message=on_message if callback else None, close_timeout=close_timeout)
+    peer = MemoryPeer(theirs)
+    conn.start()
+    try:
+        cycle.send(conn, rng.randint(0, MAX_MESSAGES))
+        for number in range(rng.randint(0, MAX_MESSAGES)):
+            cycle.peer_sent.append(f"p{number}")
+            theirs.send_batch([cycle.peer_sent[-1]])
+        if not callback:
+            cycle.receive(conn, rng.randint(0, len(cycle.peer_sent)))
+        request = inject_memory_fault(rng, fault, cycle, conn, ours, theirs, peer)
+        cycle.await_report(conn, request)
+    finally:
+        conn.abort()  # a no-op once ended; here for a cycle that raised
+        peer.stop()
+    if callback and not isinstance(cycle.report and cycle.report.error, InjectedError):
+        cycle.problems.append(f"callback error: report error {cycle.report and cycle.report.error!r}")
+    if ours.close_calls != 1:
+        cycle.problems.append(f"P2: transport closed {ours.close_calls} times")
+    if peer.thread.is_alive():
+        cycle.problems.append("the peer's thread did not end")
+    cycle.check(MEMORY_ALLOWED[fault], conn, peer.received, graceful=fault == "local_close")
+    return cycle
+
+
+def inject_memory_fault(
+    rng: random.Random,
+    fault: str,
+    cycle: Cycle,
+    conn: Duplex,
+    ours: MemoryTransport,
+    theirs: MemoryTransport,
+    peer: MemoryPeer,
+) -> Optional[Callable[[], Optional[ExitReport]]]:
+    """Inject ``fault``; return the close()/abort() call that ends the cycle, if the fault is one."""
+    request: Optional[Callable[[], Optional[ExitReport]]] = None
+    if fault == "reset":
+        theirs.reset()
+    elif fault == "fin":
+        theirs.fin()
+    elif fault == "fail_writes":
+        after = rng.randint(0, 3)
+        ours.fail_writes(OSError("injected write failure"), after=after)
+        cycle.send(conn, after + 1 + rng.randint(0, 3))
+    elif fault == "fail_next_read":
+        ours.fail_next_read(OSError("injected read failure"))
+    elif fault == "stop_reading_close":
+        theirs.stop_reading()
+        cycle.send(conn, rng.randint(1, 5))
+        request = conn.close
+    elif fault == "peer_close":
+        peer.close()
+    elif fault == "abort":
+        request = conn.abort
+    elif fault == "local_close":
+        request = conn.close
+    elif fault == "callback_error":
+        cycle.peer_sent.append("boom")
+        theirs.send_batch(["boom"])
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+    if request is None and rng.random() < 0.5:
+        cycle.send(conn, rng.randint(1, 5))  # racing the teardown: accepted or refused, never lost
+    return request
+
+
+# -- (b) loopback -------------------------------------------------------------------------------------
+
+
+def loopback_cycle(rng: random.Random, fault: str, backend: str, server: PeerServer) -> Cycle:
+    cycle = Cycle(backend, fault)
+    close_timeout = SHORT_CLOSE_TIMEOUT if fault == "silent_close" else CLOSE_TIMEOUT
+    conn = duplexthreads.connect(server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout)
+    peer = None
+    try:
+        peer = server.next_peer()
+        cycle.send(conn, rng.randint(0, MAX_MESSAGES))
+        for number in range(rng.randint(0, MAX_MESSAGES)):
+            cycle.peer_sent.append(f"p{number}")
+            peer.send(cycle.peer_sent[-1])
+        cycle.receive(conn, rng.randint(0, len(cycle.peer_sent)))
+        request: Optional[Callable[[], Optional[ExitReport]]] = None
+        if fault == "reset":
+            peer.stop_reader()
+            peer.reset()
+        elif fault == "fin":
+            peer.fin()
+        elif fault == "peer_close":
+            peer.close(1000, "bye")
+        elif fault == "silent_close":
+            peer.silent = True
+            request = conn.close
+        elif fault == "write_error":
+            conn.transport.raw_socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+            cycle.send(conn, 1)
+        elif fault == "abort":
+            request = conn.abort
+        elif fault == "local_close":
+            request = conn.close
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+        if request is None and rng.random() < 0.5:
+            cycle.send(conn, rng.randint(1, 5))
+        cycle.await_report(conn, request)
+        if fault != "reset" and not peer.wait_ended(CYCLE_TIMEOUT):
+            cycle.problems.append("the peer's connection did not end")
+    finally:
+        conn.abort()
+        if peer is not None:
+            peer.stop()
+    cycle.check(LOOPBACK_ALLOWED[fault], conn, [] if peer is None else peer.messages(), fault == "local_close")
+    return cycle
+
+
+# -- the section ----------------------------------------------------------------------------------------
+
+
+class Tally:
+    """Cycles by kind and fault: how many, the reasons seen, the failures."""
+
+    def __init__(self) -> None:
+        self.cycles: Counter[Tuple[str, str]] = Counter()
+        self.reasons: Dict[Tuple[str, str], Counter[str]] = {}
+        self.teardown_ms: Dict[Tuple[str, str], List[float]] = {}
+        self.failed: Counter[Tuple[str, str]] = Counter()
+        self.failures: List[Dict[str, Any]] = []
+
+    def add(self, number: int, cycle: Cycle) -> None:
+        key = (cycle.kind, cycle.fault)
+        self.cycles[key] += 1
+        reason = "no report" if cycle.report is None else cycle.report.reason.value
+        self.reasons.setdefault(key, Counter())[reason] += 1
+        if cycle.report is not None:
+            self.teardown_ms.setdefault(key, []).append(cycle.report.teardown_seconds * 1e3)
+        if cycle.problems:
+            self.failed[key] += 1
+            if len(self.failures) < 20:
+                self.failures.append(
+                    {"cycle": number, "kind": cycle.kind, "fault": cycle.fault, "problems": cycle.problems}
+                )
+
+    def add_error(self, number: int, kind: str, fault: str, error: BaseException) -> None:
+        cycle = Cycle(kind, fault, problems=[f"the cycle raised {error!r}"])
+        self.add(number, cycle)
+
+    def rows(self) -> List[Dict[str, Any]]:
+        return [
+            {
+                "kind": kind,
+                "fault": fault,
+                "cycles": count,
+                "failures": self.failed[(kind, fault)],
+                "reasons": dict(self.reasons.get((kind, fault), {})),
+                "report_teardown_ms": summary_ms(self.teardown_ms.get((kind, fault), [])),
+            }
+            for (kind, fault), count in sorted(self.cycles.items())
+        ]
+
+
+def run_cycles(
+    tally: Tally,
+    rng: random.Random,
+    count: int,
+    until: float,
+    first_number: int,
+    kind: Callable[[int], str],
+    faults: Sequence[str],
+    run: Callable[[str, str], Cycle],
+) -> int:
+    """Run up to ``count`` cycles while before ``until``; return how many ran."""
+    for index in range(count):
+        if time.monotonic() >= until:
+            return index
+        name, fault = kind(index), rng.choice(faults)
+        try:
+            cycle = run(name, fault)
+        except Exception as exc:  # noqa: BLE001 - a cycle that blows up is a failure, recorded
+            tally.add_error(first_number + index, name, fault, exc)
+            continue
+        tally.add(first_number + index, cycle)
+    return count
+
+
+def choose_seed() -> int:
+    configured = os.environ.get(SEED_VARIABLE, "").strip()
+    return int(configured) if configured else random.SystemRandom().randrange(1, 2**32)
+
+
+def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
+    config = QUICK if quick else FULL
+    deadline = Deadline(cap_seconds)
+    leftovers = Leftovers()
+    load_start = load_average()
+    seed = choose_seed()
+    rng = random.Random(seed)
+    tally = Tally()
+    active_before = threading.active_count()
+    rss_start = rss_kib()
+    memory_faults = tuple(MEMORY_ALLOWED)
+    loopback_faults = tuple(LOOPBACK_ALLOWED)
+
+    def in_memory(kind: str, fault: str) -> Cycle:
+        return memory_cycle(rng, fault)
+
+    def alternate(index: int) -> str:
+        return BACKENDS[index % len(BACKENDS)]
+
+    memory_until = deadline.started + 0.4 * deadline.seconds
+    end = deadline.at - 1.0
+    with PeerServer() as server:
+
+        def on_loopback(backend: str, fault: str) -> Cycle:
+            return loopback_cycle(rng, fault, backend, server)
+
+        warmup = run_cycles(tally, rng, config.warmup_memory, end, 0, lambda i: "memory", memory_faults, in_memory)
+        warmup += run_cycles(
+            tally, rng, 2 * config.warmup_loopback_per_backend, end, warmup, alternate, loopback_faults, on_loopback
+        )
+        gc.collect()
+        rss_after_warmup = rss_kib()
+        started = time.monotonic()
+        memory = run_cycles(
+            tally, rng, config.memory_cycles, memory_until, warmup, lambda i: "memory", memory_faults, in_memory
+        )
+        loopback_planned = 2 * config.loopback_cycles_per_backend
+        loopback = run_cycles(
+            tally, rng, loopback_planned, end, warmup + memory, alternate, loopback_faults, on_loopback
+        )
+        cycle_seconds = time.monotonic() - started
+    gc.collect()
+    rss_end = rss_kib()
+    complete = memory == config.memory_cycles and loopback == loopback_planned
+    rows = tally.rows()
+    return {
+        "name": NAME,
+        "mode": "quick" if quick else "full",
+        "cap_seconds": cap_seconds,
+        "complete": complete,
+        "seed": seed,
+        "config": config.__dict__,
+        "cycles": {"warmup": warmup, "memory": memory, "loopback": loopback, "total": warmup + memory + loopback},
+        "planned": {"memory": config.memory_cycles, "loopback": loopback_planned},
+        "failures": sum(row["failures"] for row in rows),
+        "failure_examples": tally.failures,
+        "by_fault": rows,
+        "duplexthreads_threads_left": len(library_threads()),
+        "active_threads_delta": threading.active_count() - active_before,
+        "fd_delta": fd_count() - leftovers.fds,
+        "rss_kib": {"start": rss_start, "after_warmup": rss_after_warmup, "end": rss_end},
+        "rss_growth_kib": rss_end - rss_after_warmup,
+        "cycle_seconds": round(cycle_seconds, 2),
+        "leftover": leftovers.check(),
+        "seconds": round(deadline.elapsed(), 2),
+        "load_average": {"start": load_start, "end": load_average()},
+    }
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    cycles = result["cycles"]
+    lines = [
+        f"Leak soak ({result['mode']}), seed {result['seed']} (replay: {SEED_VARIABLE}={result['seed']})",
+        f"cycles: {cycles['memory']} memory of {result['planned']['memory']}, {cycles['loopback']} loopback of"
+        f" {result['planned']['loopback']} (both backends, alternating), {cycles['warmup']} warm-up;"
+        f" {result['cycle_seconds']:.1f} s",
+        f"{'kind':17} {'fault':19} {'cycles':>6} {'failed':>6}  {'report teardown ms p50/p99/max':>30}  reasons seen",
+    ]
+    for row in result["by_fault"]:
+        own = row["report_teardown_ms"]
+        teardown = f"{fmt(own['p50_ms'])}/{fmt(own['p99_ms'])}/{fmt(own['max_ms'])}"
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(row["reasons"].items()))
+        lines.append(
+            f"{row['kind']:17} {row['fault']:19} {row['cycles']:>6} {row['failures']:>6}  {teardown:>30}  {reasons}"
+        )
+    rss = result["rss_kib"]
+    lines += [
+        f"failures (accounting, reason, P1/P2): {result['failures']}",
+        f"after minus before: duplexthreads-* threads alive {result['duplexthreads_threads_left']},"
+        f" threading.active_count() {result['active_threads_delta']:+d}, open fds {result['fd_delta']:+d},"
+        f" RSS {result['rss_growth_kib']:+d} KiB after the warm-up ({rss['after_warmup']} -> {rss['end']} KiB;"
+        f" {rss['end'] - rss['start']:+d} KiB counting it)",
+    ]
+    for failure in result["failure_examples"][:5]:
+        lines.append(
+            f"  failed cycle {failure['cycle']} ({failure['kind']}, {failure['fault']}): {failure['problems']}"
+        )
+    if not result["complete"]:
+        lines.append("INCOMPLETE: the cap ran out before every cycle ran")
+    left = result["leftover"]
+    lines.append(
+        f"left at the end of the section: threads {left['threads'] or 'none'}, fds {left['fd_delta']:+d};"
+        f" {result['seconds']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def metrics(result: Dict[str, Any]) -> List[Metric]:
+    # Growth under the noise floor counts as the floor: a baseline near 0 would make any wobble
+    # an infinite regression. Above it, three times the baseline is a regression worth a look.
+    rss = max(result["rss_growth_kib"], RSS_NOISE_FLOOR_KIB)
+    return [
+        Metric(f"{NAME}.failures", result["failures"], "cycles", "lower", leak=True),
+        Metric(
+            f"{NAME}.duplexthreads_threads_left", result["duplexthreads_threads_left"], "threads", "lower", leak=True
+        ),
+        Metric(f"{NAME}.active_threads_delta", result["active_threads_delta"], "threads", "lower", leak=True),
+        Metric(f"{NAME}.fd_delta", result["fd_delta"], "fds", "lower", leak=True),
+        Metric(f"{NAME}.rss_growth_kib", rss, "KiB", "lower", tolerance=2.0),
+        Metric(f"{NAME}.leftover_threads", len(result["leftover"]["threads"]), "threads", "lower", leak=True),
+    ]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_standalone(NAME, measure, format_table, metrics, (300.0, 60.0), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
