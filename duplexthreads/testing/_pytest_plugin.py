@@ -61,7 +61,10 @@ class _Watch:
         self.settings = settings
         # The test being run, from the start of its setup to the end of its teardown.
         self.item: Optional[pytest.Item] = None
-        # That test's checks: the suite-wide one and any leak_check fixture, started and not verified.
+        # That test's check when every test is checked (started in its setup, verified in its teardown).
+        self.check: Optional[LeakCheck] = None
+        # Every check running for it, that one and any leak_check fixture's: wider fixtures set up
+        # meanwhile take their resources out of each.
         self.checks: List[LeakCheck] = []
         # What each live fixture wider than a test set up: it must be gone after its teardown.
         self.owned: Dict[FixtureDef[object], _Resources] = {}
@@ -164,9 +167,11 @@ def _watch(config: pytest.Config) -> _Watch:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     watch = _watch(item.config)
     watch.item = item
+    watch.check = None
     watch.checks = []
     if watch.checking():
-        watch.checks.append(watch.settings.leak_check(label=item.nodeid).start())
+        watch.check = watch.settings.leak_check(label=item.nodeid).start()
+        watch.checks.append(watch.check)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -174,6 +179,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, None]:
     yield
     watch = _watch(item.config)
     watch.item = None
+    watch.check = None
     watch.checks = []
 
 
@@ -181,9 +187,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, None]:
 def _duplexthreads_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
     """Verifies the test's leak check once every other function-scoped fixture is torn down."""
     watch = _watch(request.config)
-    check = watch.checks[0] if watch.checking() and watch.item is request.node and watch.checks else None
+    check = watch.check if watch.item is request.node else None
     yield
-    if check is not None and check in watch.checks:
+    if check is not None and check is watch.check:
+        watch.check = None
         watch.checks.remove(check)
         _verify(check)
 
@@ -210,7 +217,7 @@ def leak_check(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: FixtureDef[object], request: SubRequest) -> Generator[None, object, None]:
     watch = _watch(request.config)
-    if not watch.settings.enabled or fixturedef.scope == "function":
+    if fixturedef.scope == "function" or not (watch.settings.enabled or watch.checks):
         yield
         return
     before = _Resources.current()
