@@ -216,7 +216,7 @@ def test_fixtures_wider_than_a_test_own_what_they_set_up(pytester: pytest.Pytest
     assert "tidy-server" not in output
 
 
-def test_the_marker_is_listed_and_a_bad_timeout_is_a_usage_error(pytester: pytest.Pytester) -> None:
+def test_the_marker_is_listed_and_bad_options_are_usage_errors(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--markers")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["@pytest.mark.duplexthreads_allow_leaks: exempt this test*"])
@@ -224,6 +224,10 @@ def test_the_marker_is_listed_and_a_bad_timeout_is_a_usage_error(pytester: pytes
     result = run(pytester)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "duplexthreads_leak_timeout: not a number of seconds: 'soon'" in result.stderr.str()
+    pytester.makeini("[pytest]\nduplexthreads_leak_ignore_threads =\n    worker-(\n")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "duplexthreads_leak_ignore_threads: 'worker-(' is not a regular expression" in result.stderr.str()
 
 
 def test_importing_the_toolkit_does_not_import_pytest() -> None:

@@ -386,7 +386,7 @@ class LeakCheck:
         ]
         if self._rss_exceeded():
             found.append(f"RSS grew {self.rss_growth_kib} KiB (limit {self.max_rss_growth_kib} KiB)")
-        lines = [f"leak{where} after {self.timeout:g} s: " + ", ".join(found)]
+        lines = [f"leak{where} after {self.timeout:g} s: " + (", ".join(found) or "nothing left")]
         lines.append(self._counts_line())
         frames = sys._current_frames()
         for thread in self.leaked_threads:

@@ -18,6 +18,7 @@ How one test is checked:
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING, Dict, Generator, Iterator, List, Optional, Tuple
 
 import pytest
@@ -47,11 +48,21 @@ class _Settings:
         if timeout < 0:
             raise pytest.UsageError(f"duplexthreads leak timeout must be >= 0, not {timeout}")
         self.timeout = float(timeout)
-        self.ignore_threads: Tuple[str, ...] = tuple(config.getini("duplexthreads_leak_ignore_threads"))
-        self.ignore_fds: Tuple[str, ...] = tuple(config.getini("duplexthreads_leak_ignore_fds"))
+        self.ignore_threads = _patterns(config, "duplexthreads_leak_ignore_threads")
+        self.ignore_fds = _patterns(config, "duplexthreads_leak_ignore_fds")
 
     def leak_check(self, label: str) -> LeakCheck:
         return LeakCheck(self.timeout, ignore_threads=self.ignore_threads, ignore_fds=self.ignore_fds, label=label)
+
+
+def _patterns(config: pytest.Config, name: str) -> Tuple[str, ...]:
+    patterns = tuple(config.getini(name))
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise pytest.UsageError(f"{name}: {pattern!r} is not a regular expression: {error}") from None
+    return patterns
 
 
 class _Watch:
