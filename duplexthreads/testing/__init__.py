@@ -41,6 +41,10 @@ test of a suite, across its setup, call and teardown::
     pytest --duplexthreads-leak-check                      # once, or in CI
     pytest --duplexthreads-leak-check --duplexthreads-leak-timeout 10
 
+In a CI workflow that is one step, for example in GitHub Actions::
+
+    - run: python -m pytest --duplexthreads-leak-check --duplexthreads-leak-timeout 10
+
 or for good, in ``pytest.ini`` (``[tool:pytest]`` in setup.cfg, ``[tool.pytest.ini_options]`` in
 pyproject.toml)::
 
