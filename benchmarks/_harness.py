@@ -167,9 +167,10 @@ def shutdown_socket(sock: Optional[socket.socket]) -> None:
 class PeerServer:
     """The child process running ``_peers.py``; always stopped and reaped on exit."""
 
-    def __init__(self, max_seconds: float = 1800.0) -> None:
+    def __init__(self, max_seconds: float = 1800.0, lean: bool = False) -> None:
+        """``lean``: the one-thread selectors server (``/echo`` only) instead of websockets'."""
         self._proc = subprocess.Popen(
-            [sys.executable, str(PEERS_SCRIPT), "--max-seconds", str(max_seconds)],
+            [sys.executable, str(PEERS_SCRIPT), "--max-seconds", str(max_seconds), *(["--lean"] if lean else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
