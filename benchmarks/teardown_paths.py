@@ -48,21 +48,18 @@ from __future__ import annotations
 import gc
 import inspect
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import duplexthreads
 
 from ._faults import (
-    IO_TIMEOUT,
     Deadline,
     Leftovers,
     PeerServer,
     fd_count,
     fmt,
-    join_all,
     library_threads,
     load_average,
     run_standalone,
@@ -85,9 +82,9 @@ from ._subjects import (
     WRITE_ERROR,
     WSC,
     WSS,
-    Handle,
     opener,
 )
+from ._trials import Outcome, run_batch
 
 NAME = "teardown_paths"
 
@@ -112,8 +109,6 @@ SILENT_CLOSE_TIMEOUT = 0.2
 CLOSE_TIMEOUT = 5.0
 #: Cap of a duplexthreads trial beyond its close_timeout on the silent path.
 DUPLEX_TRIAL_CAP = 5.0
-#: How long a trial gets to end once its connection was killed at the cap.
-KILL_GRACE = 5.0
 #: Time kept for the side-by-side batch beyond its trials' cap: opening them, then the kill.
 SIDE_BY_SIDE_OVERHEAD = 3.0
 
@@ -131,124 +126,6 @@ class Config:
 
 FULL = Config(trials=300, duplex_silent_trials=20, peer_silent_trials=3, peer_trial_cap=20.0, peer_path_budget=30.0)
 QUICK = Config(trials=40, duplex_silent_trials=5, peer_silent_trials=1, peer_trial_cap=5.0, peer_path_budget=5.0)
-
-
-# -- one trial ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    """One connection's trial, run in a thread of its own (see the module docstring)."""
-
-    subject: str
-    make: Callable[[], Handle]
-    path: str
-    #: Connections are opened one at a time: the peer server matches them in order.
-    open_lock: threading.Lock
-    #: Set by the supervisor once every trial of the batch is open: the triggers may go.
-    go: threading.Event
-    opened: threading.Event = field(default_factory=threading.Event)
-    #: Set by the supervisor when opening took too long: the trial must not start.
-    cancelled: bool = False
-    handle: Optional[Handle] = None
-    seconds: Optional[float] = None
-    error: Optional[BaseException] = None
-    unexpected: Optional[str] = None
-
-    def run(self, go_timeout: float, finish_timeout: float) -> None:
-        try:
-            with self.open_lock:
-                if self.cancelled:
-                    return
-                self.handle = self.make()
-            self.handle.prepare(self.path)
-        except BaseException as exc:  # noqa: BLE001 - carried to the supervising thread
-            self.error = exc
-            return
-        finally:
-            self.opened.set()
-        handle = self.handle
-        self.go.wait(go_timeout)
-        if self.cancelled or not self.go.is_set():
-            handle.kill()
-            return
-        started = time.perf_counter()
-        try:
-            handle.trigger(self.path)
-            handle.finish(finish_timeout)
-            self.seconds = time.perf_counter() - started
-            self.unexpected = handle.unexpected(self.path)
-        except BaseException as exc:  # noqa: BLE001 - carried to the supervising thread
-            self.error = exc
-
-
-@dataclass
-class Outcome:
-    """What a trial leaves for the tables: no reference to the connection itself."""
-
-    subject: str
-    #: Trigger to every thread exited; None when it did not finish within the cap or failed.
-    ms: Optional[float]
-    teardown_ms: Optional[float] = None
-    unexpected: Optional[str] = None
-    error: Optional[str] = None
-    capped: bool = False
-    alive_at_cap: List[str] = field(default_factory=list)
-    threads: List[threading.Thread] = field(default_factory=list)
-    sock_ref: Any = None
-
-
-def run_batch(subjects: Sequence[str], makes: Sequence[Callable[[], Handle]], path: str, cap: float) -> List[Outcome]:
-    """Run trials side by side (one, for a sequential trial); kill what is not done after ``cap``."""
-    open_lock = threading.Lock()
-    go = threading.Event()
-    trials = [Trial(subject, make, path, open_lock, go) for subject, make in zip(subjects, makes)]
-    open_seconds = 2 * IO_TIMEOUT * len(trials)
-    runners = [
-        threading.Thread(target=trial.run, args=(open_seconds + 1.0, cap + KILL_GRACE), name="bench-trial", daemon=True)
-        for trial in trials
-    ]
-    for runner in runners:
-        runner.start()
-    open_deadline = time.monotonic() + open_seconds
-    for trial in trials:
-        if not trial.opened.wait(max(0.0, open_deadline - time.monotonic())):
-            trial.cancelled = True
-    go.set()
-    join_all(runners, time.monotonic() + cap)
-    capped: Dict[int, List[str]] = {}
-    for index, (trial, runner) in enumerate(zip(trials, runners)):
-        if runner.is_alive() and trial.handle is not None:
-            capped[index] = [thread.name for thread in trial.handle.threads if thread.is_alive()]
-            trial.handle.kill()
-    join_all(runners, time.monotonic() + KILL_GRACE)
-    outcomes = []
-    for index, (trial, runner) in enumerate(zip(trials, runners)):
-        handle = trial.handle
-        if handle is not None:
-            join_all(handle.threads, time.monotonic() + KILL_GRACE)
-            if handle.peer is not None:
-                handle.peer.stop()
-        error = trial.error
-        if runner.is_alive():
-            error = RuntimeError("the trial's thread was still running after its connection was killed")
-        elif trial.cancelled and handle is None:
-            error = RuntimeError("opening the connection took too long")
-        report = getattr(handle, "report", None)
-        outcomes.append(
-            Outcome(
-                subject=trial.subject,
-                ms=None if index in capped or trial.seconds is None else trial.seconds * 1e3,
-                teardown_ms=None if report is None else report.teardown_seconds * 1e3,
-                unexpected=trial.unexpected,
-                error=None if error is None or index in capped else repr(error),
-                capped=index in capped,
-                alive_at_cap=capped.get(index, []),
-                threads=[] if handle is None else handle.threads,
-                sock_ref=None if handle is None else handle.sock_ref,
-            )
-        )
-    return outcomes
 
 
 # -- one path, one subject ----------------------------------------------------------------------------
