@@ -251,7 +251,13 @@ def inject_memory_fault(
 def loopback_cycle(rng: random.Random, fault: str, backend: str, server: PeerServer) -> Cycle:
     cycle = Cycle(backend, fault)
     close_timeout = SHORT_CLOSE_TIMEOUT if fault == "silent_close" else CLOSE_TIMEOUT
-    conn = duplexthreads.connect(server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout)
+    try:
+        conn = duplexthreads.connect(
+            server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout
+        )
+    except BaseException:
+        server.discard_pending()
+        raise
     peer = None
     try:
         peer = server.next_peer()

@@ -268,6 +268,17 @@ class PeerServer:
             raise item
         return item
 
+    def discard_pending(self) -> None:
+        """Stop peers nobody took: after a client's connect failed, its peer must not be matched
+        with the next client."""
+        while True:
+            try:
+                item = self._accepted.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, PeerConn):
+                item.stop()
+
     def close(self) -> None:
         """Stop listening, stop every peer still open, join the listener."""
         try:
@@ -278,10 +289,7 @@ class PeerServer:
         self.thread.join(IO_TIMEOUT)
         for peer in list(self._peers):
             peer.stop()
-        while not self._accepted.empty():
-            item = self._accepted.get_nowait()
-            if isinstance(item, PeerConn):
-                item.stop()
+        self.discard_pending()
 
     def __enter__(self) -> PeerServer:
         return self

@@ -125,9 +125,13 @@ class DuplexHandle(Handle):
 
     def __init__(self, server: PeerServer, backend: str, close_timeout: float) -> None:
         super().__init__()
-        self.conn = duplexthreads.connect(
-            server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout
-        )
+        try:
+            self.conn = duplexthreads.connect(
+                server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout
+            )
+        except BaseException:
+            server.discard_pending()
+            raise
         try:
             self.peer = server.next_peer()
             self.peer.send(GREETING)
@@ -194,7 +198,12 @@ class PeerHandle(Handle):
         self.greeted = threading.Event()
         self.raw: Optional[socket.socket] = None
         before = threading.enumerate()
-        self.open(server.url())
+        try:
+            self.open(server.url())
+        except BaseException:
+            join_all(new_threads(before), time.monotonic() + IO_TIMEOUT)
+            server.discard_pending()
+            raise
         try:
             self.peer = server.next_peer()
             self.peer.send(GREETING)

@@ -112,6 +112,8 @@ def run_batch(subjects: Sequence[str], makes: Sequence[Callable[[], Handle]], pa
     for index, (trial, runner) in enumerate(zip(trials, runners)):
         handle = trial.handle
         if handle is not None:
+            if any(thread.is_alive() for thread in handle.threads):
+                handle.kill()  # a trial that failed half-way: its error is recorded below
             join_all(handle.threads, time.monotonic() + KILL_GRACE)
             if handle.peer is not None:
                 handle.peer.stop()

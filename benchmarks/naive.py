@@ -258,7 +258,12 @@ def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
                     complete = False
                     notes.append(f"{subject}, {PATH_LABELS[path]}: skipped, no time left within the cap")
                     continue
-                paths[path][subject] = observe(server, subject, path, config)
+                try:
+                    paths[path][subject] = observe(server, subject, path, config)
+                except Exception as exc:  # noqa: BLE001 - reported; the other observations go on
+                    complete = False
+                    notes.append(f"{subject}, {PATH_LABELS[path]}: failed: {exc!r}")
+                    server.discard_pending()
     naive = paths[WRITE_ERROR].get(NAIVE)
     return {
         "name": NAME,
