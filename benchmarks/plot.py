@@ -3,8 +3,9 @@
 The samples come from the ``teardown_paths`` section when it ran (``result["paths"][path]
 ["samples_ms"]``, one list of milliseconds per path), else from the teardown phase of the
 ``throughput`` section (``result["teardown"]["backends"][backend][trigger]["samples_ms"]``).
-Each path is drawn as an empirical cumulative distribution on a logarithmic time axis, so the
-median and the tail of every path can be read off the same picture.
+Each path gets a panel, in which each subject (duplexthreads with each backend, the peers) is an
+empirical cumulative distribution on a logarithmic time axis: the median and the tail of every
+subject can be read off the same panel.
 
 Needs matplotlib (``pip install -e '.[plot]'``); without it, ``plot_teardown`` returns a
 one-line note instead. ``python -m benchmarks.plot [RESULTS.json]`` redraws from a saved run.
@@ -20,68 +21,93 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "teardown.png"
 
 
-def teardown_samples(results: Mapping[str, Any]) -> Dict[str, List[float]]:
-    """Label -> samples (ms), from teardown_paths if it has any, else from throughput's teardown."""
+Groups = Dict[str, Dict[str, List[float]]]
+
+
+def teardown_samples(results: Mapping[str, Any]) -> Groups:
+    """Path -> subject -> samples (ms): from teardown_paths if it has any, else throughput's teardown."""
     sections = results.get("sections", {})
-    found: Dict[str, List[float]] = {}
     paths = ((sections.get("teardown_paths") or {}).get("result") or {}).get("paths") or {}
-    for label, entry in paths.items():
-        collect(str(label), entry, found)
-    if found:
-        return found
-    teardown = ((sections.get("throughput") or {}).get("result") or {}).get("teardown") or {}
+    groups = {str(path): collect(entry) for path, entry in paths.items()}
+    groups = {path: subjects for path, subjects in groups.items() if subjects}
+    if groups:
+        return groups
+    throughput = (sections.get("throughput") or {}).get("result") or results  # or: throughput.py --json
+    teardown = throughput.get("teardown") or {}
     for backend, triggers in (teardown.get("backends") or {}).items():
         for trigger, entry in triggers.items():
-            collect(f"{backend} {trigger}", entry, found)
+            samples = numbers(entry.get("samples_ms") if isinstance(entry, Mapping) else None)
+            if samples:
+                groups.setdefault(trigger, {})[f"duplexthreads[{backend}]"] = samples
+    return groups
+
+
+def collect(entry: Any) -> Dict[str, List[float]]:
+    """A path's samples by subject: its own ``samples_ms``, or each sub-entry's."""
+    if not isinstance(entry, Mapping):
+        return {}
+    own = numbers(entry.get("samples_ms"))
+    if own:
+        return {"all": own}
+    found = {}
+    for subject, sub in entry.items():
+        samples = numbers(sub.get("samples_ms") if isinstance(sub, Mapping) else None)
+        if samples:
+            found[str(subject)] = samples
     return found
 
 
-def collect(label: str, entry: Any, found: Dict[str, List[float]]) -> None:
-    """Take ``entry["samples_ms"]``; or, one level down, each sub-entry's (labelled "a / b")."""
-    if not isinstance(entry, Mapping):
-        return
-    samples = entry.get("samples_ms")
-    if isinstance(samples, Sequence) and samples:
-        found[label] = [float(s) for s in samples if isinstance(s, (int, float))]
-        return
-    for key, sub in entry.items():
-        if isinstance(sub, Mapping) and isinstance(sub.get("samples_ms"), Sequence) and sub["samples_ms"]:
-            found[f"{label} / {key}"] = [float(s) for s in sub["samples_ms"] if isinstance(s, (int, float))]
+def numbers(values: Any) -> List[float]:
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def plot_teardown(results: Mapping[str, Any], output: Path = DEFAULT_OUTPUT) -> str:
-    """Write the PNG; return one line saying where, or why not."""
-    samples = {label: values for label, values in teardown_samples(results).items() if values}
-    if not samples:
+    """Write the PNG, one panel per path; return one line saying where, or why not."""
+    groups = teardown_samples(results)
+    if not groups:
         return "plot: no teardown samples in this run (teardown_paths or throughput's teardown phase), no picture"
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "plot: matplotlib is not installed (pip install -e '.[plot]'), so no teardown.png"
-    figure, axes = plt.subplots(figsize=(10, 0.25 * len(samples) + 4.5))
+    columns = 2 if len(groups) > 1 else 1
+    rows = (len(groups) + columns - 1) // columns
+    figure, panels = plt.subplots(rows, columns, figsize=(7 * columns, 3.6 * rows), squeeze=False)
     try:
-        for label, values in samples.items():
-            ordered = sorted(v for v in values if v > 0) or [1e-3]
-            fractions = [(rank + 1) / len(ordered) for rank in range(len(ordered))]
-            p50 = ordered[len(ordered) // 2]
-            axes.step(ordered, fractions, where="post", label=f"{label} (p50 {p50:.2f} ms, n={len(ordered)})")
-        axes.set_xscale("log")
-        axes.set_xlabel("teardown latency, ms (log scale)")
-        axes.set_ylabel("fraction of trials at or below")
-        axes.set_ylim(0, 1.01)
-        axes.grid(True, which="both", alpha=0.3)
+        for axes, (path, subjects) in zip(panels.flat, groups.items()):
+            for subject, values in subjects.items():
+                ordered = sorted(v for v in values if v > 0) or [1e-3]
+                fractions = [(rank + 1) / len(ordered) for rank in range(len(ordered))]
+                p50 = ordered[(len(ordered) - 1) // 2]
+                axes.step(ordered, fractions, where="post", label=f"{subject} (p50 {p50:.2f}, n={len(ordered)})")
+            axes.set_xscale("log")
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            axes.xaxis.set_major_formatter(plain)
+            axes.xaxis.set_minor_formatter(plain)
+            axes.tick_params(axis="x", which="minor", labelsize="x-small")
+            axes.set_title(path, fontsize="medium")
+            axes.set_xlabel("ms (log scale)")
+            axes.set_ylabel("fraction of trials at or below")
+            axes.set_ylim(0, 1.02)
+            axes.grid(True, which="both", alpha=0.3)
+            axes.legend(fontsize="x-small", loc="lower right")
+        for axes in list(panels.flat)[len(groups) :]:
+            axes.set_visible(False)
         commit = (results.get("machine") or {}).get("duplexthreads_commit") or "?"
-        axes.set_title(f"Teardown latency, {results.get('mode', '?')} run, commit {str(commit)[:10]}")
-        axes.legend(fontsize="small", loc="lower right")
+        figure.suptitle(f"Teardown latency by exit path, {results.get('mode', '?')} run, commit {str(commit)[:10]}")
         figure.tight_layout()
         output.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(output, dpi=110)
+        figure.savefig(output, dpi=100)
     finally:
         plt.close(figure)
-    return f"plot: teardown latency distributions of {len(samples)} paths written to {output}"
+    count = sum(len(subjects) for subjects in groups.values())
+    return f"plot: teardown latency distributions ({len(groups)} paths, {count} series) written to {output}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
