@@ -117,12 +117,19 @@ def compare(
 
 
 def format_verdicts(verdicts: List[Verdict]) -> str:
-    """One line per metric, then a count of each status."""
+    """One line per metric (NOT MEASURED ones summed up per section prefix), then a count of each status."""
     lines = []
+    unmeasured: Dict[str, int] = {}
     for v in verdicts:
+        if v.status == NOT_MEASURED:
+            prefix = v.name.split(".", 1)[0]
+            unmeasured[prefix] = unmeasured.get(prefix, 0) + 1
+            continue
         now = "-" if v.value is None else f"{v.value:.4g}"
         then = "-" if v.baseline is None else f"{v.baseline:.4g}"
-        lines.append(f"{v.status:12} {v.name:60} {now:>10} vs {then:>10} {v.unit:8} {v.detail}")
+        lines.append(f"{v.status:4} {v.name:64} {now:>10} vs {then:>10} {v.unit:8} {v.detail}")
+    for prefix, count in unmeasured.items():
+        lines.append(f"{NOT_MEASURED}: {count} baseline metric(s) {prefix}.* (section not run, or no longer reported)")
     counts: Dict[str, int] = {}
     for v in verdicts:
         counts[v.status] = counts.get(v.status, 0) + 1

@@ -97,3 +97,10 @@ def test_load_rejects_other_json(tmp_path: Path) -> None:
         check.load(str(path))
     path.write_text(json.dumps(doc(Metric("x", 1.0, "ms", "lower"))))
     assert "sections" in check.load(str(path))
+
+
+def test_format_verdicts_sums_up_what_was_not_measured() -> None:
+    baseline = doc(Metric("soak.a", 1.0, "x", "higher"), Metric("soak.b", 1.0, "x", "higher"))
+    text = check.format_verdicts(check.compare(doc(), baseline))
+    assert "2 baseline metric(s) soak.*" in text
+    assert text.splitlines()[-1] == "check: 2 NOT MEASURED"
