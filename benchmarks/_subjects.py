@@ -95,7 +95,17 @@ class Handle:
         join_all(self.threads, time.monotonic() + timeout)
 
     def kill(self) -> None:
-        """Wake everything blocked on the connection (from the supervising thread)."""
+        """Wake everything blocked on the connection (from the supervising thread).
+
+        Shuts the client's socket down, then closes the peer's side too: a client may have
+        closed its socket under its own reading thread (``simple_websocket.Client.close()``
+        does), and then only the peer can end that thread's ``recv()``.
+        """
+        self.kill_client()
+        if self.peer is not None:
+            self.peer.stop()
+
+    def kill_client(self) -> None:
         raise NotImplementedError
 
     def unexpected(self, path: str) -> Optional[str]:
@@ -162,7 +172,7 @@ class DuplexHandle(Handle):
     def finish(self, timeout: float) -> None:
         self.report = self.conn.wait(timeout)
 
-    def kill(self) -> None:
+    def kill_client(self) -> None:
         self.conn.transport.shutdown()
 
     def unexpected(self, path: str) -> Optional[str]:
@@ -225,7 +235,7 @@ class PeerHandle(Handle):
     def find_socket(self) -> None:
         """Set ``self.raw`` once connected, if ``open`` could not."""
 
-    def kill(self) -> None:
+    def kill_client(self) -> None:
         shutdown_socket(self.raw)
 
 

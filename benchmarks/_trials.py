@@ -2,8 +2,9 @@
 
 A trial opens one connection (``_subjects.Handle``), prepares the path, and then, timed, fires
 the trigger and waits until every thread of the connection has exited. The supervising thread
-joins the trial with a cap; past it, the connection is killed (its socket shut down, which wakes
-every blocked call), and the trial is recorded as not finished, with the threads still alive.
+joins the trial with a cap; past it, the connection is killed (``Handle.kill``: the client's socket
+shut down, which wakes every blocked call, and the peer's side closed), and the trial is recorded
+as not finished, with the threads still alive then. Trials get ``KILL_GRACE`` more to end.
 Trials of one batch are opened one at a time (the scripted peer matches connections in order)
 and triggered together.
 """
@@ -107,14 +108,17 @@ def run_batch(subjects: Sequence[str], makes: Sequence[Callable[[], Handle]], pa
         if runner.is_alive() and trial.handle is not None:
             capped[index] = [thread.name for thread in trial.handle.threads if thread.is_alive()]
             trial.handle.kill()
-    join_all(runners, time.monotonic() + KILL_GRACE)
+    grace_end = time.monotonic() + KILL_GRACE
+    join_all(runners, grace_end)
+    for trial in trials:
+        handle = trial.handle
+        if handle is not None and any(thread.is_alive() for thread in handle.threads):
+            handle.kill()  # a trial that failed half-way: its error is recorded below
     outcomes = []
     for index, (trial, runner) in enumerate(zip(trials, runners)):
         handle = trial.handle
         if handle is not None:
-            if any(thread.is_alive() for thread in handle.threads):
-                handle.kill()  # a trial that failed half-way: its error is recorded below
-            join_all(handle.threads, time.monotonic() + KILL_GRACE)
+            join_all(handle.threads, grace_end)
             if handle.peer is not None:
                 handle.peer.stop()
         error = trial.error

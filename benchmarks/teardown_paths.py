@@ -28,12 +28,14 @@ whose reason is not the path's, or a thread alive after ``wait()``, counts as un
 Bounds. Each trial runs in a thread of its own that the benchmark thread joins with a cap:
 5 s for duplexthreads (P5 promises a few thread wake-ups; the silent peer's path gets its
 ``close_timeout`` of 0.2 s more), 20 s (quick: 5 s) for the peers. Past the cap, the client's
-socket is shut down, which wakes every blocked call, and the trial counts as "did not finish
-within cap" with the threads that were still alive. duplexthreads runs first. The peers then
-share what is left of ``cap_seconds``, each path and subject at most 30 s (quick 5 s): some stall
-for seconds per trial, so their row may hold fewer trials, said in a note. The silent peer's
-trials, seconds of waiting on timers each, run side by side (every peer subject, all trials at
-once). What ``cap_seconds`` cuts short is noted and the section marked incomplete.
+socket is shut down, which wakes every blocked call, and the peer closes its side (the only way
+to wake a thread whose client closed the socket under it, as ``simple_websocket.Client.close()``
+does); the trial counts as "did not finish within cap" with the threads that were still alive.
+duplexthreads runs first. Then the silent peer's trials for the peers, seconds of waiting on
+timers each, side by side (every peer subject, all trials at once). The other paths of the peers
+share what is left of ``cap_seconds``, each path and subject at most 30 s (quick 5 s): some
+stall for seconds per trial, so their row may hold fewer trials, said in a note. What
+``cap_seconds`` cuts short is noted and the section marked incomplete.
 
 Leftovers. After each path and subject: threads still alive (for duplexthreads, named
 ``duplexthreads-*``), and open file descriptors (``/proc/self/fd``) minus those before the path,
@@ -247,35 +249,34 @@ def measure_duplex(server: PeerServer, config: Config, deadline: Deadline, paths
 
 
 def measure_peers(server: PeerServer, config: Config, deadline: Deadline, paths: Dict[str, Any]) -> List[str]:
-    """The peers, path by path; whatever time is left is shared out so that each path gets some.
+    """The peers: the silent peer's batch (a fixed cost), then path by path, sharing the time left.
 
-    Returns the notes on trials not run because of the section's cap (budget cuts are recorded
-    in each entry, and are part of the method: some peers stall for seconds per trial).
+    Returns the notes on what the section's cap cut (budget cuts are recorded in each entry and
+    are part of the method: some peers stall for seconds per trial).
     """
     notes = []
-    blocks = [(path, subject) for path in PEER_PATHS if path != SILENT_CLOSE for subject in PEER_SUBJECTS]
     # The silent peer's batch: its cap, plus opening the connections and killing them.
-    silent_need = config.peer_trial_cap + SIDE_BY_SIDE_OVERHEAD
-    for done, (path, subject) in enumerate(blocks):
-        share = (deadline.remaining() - silent_need) / (len(blocks) - done)
-        if share <= 0:
-            notes.append(f"{subject}, {PATH_LABELS[path]}: skipped, no time left within the cap")
-            continue
-        until = time.monotonic() + min(config.peer_path_budget, share)
-        # A trial may run its full cap: start none that could eat into the silent batch's time.
-        until = min(until, deadline.at - silent_need - config.peer_trial_cap)
-        budget = max(0.0, until - time.monotonic())
-        entry = run_sequential(server, subject, path, config.trials, config.peer_trial_cap, CLOSE_TIMEOUT, until)
-        entry["budget_seconds"] = round(budget, 1)
-        paths[path][subject] = entry
-        if not entry["complete"]:
-            entry["note"] = f"{entry['trials_run']} of {config.trials} trials within its budget of {budget:.1f} s"
-    if deadline.allows(silent_need):
+    if deadline.allows(config.peer_trial_cap + SIDE_BY_SIDE_OVERHEAD):
         paths[SILENT_CLOSE].update(
             run_side_by_side(server, PEER_SUBJECTS, SILENT_CLOSE, config.peer_silent_trials, config.peer_trial_cap)
         )
     else:
         notes.append("peers, close() against a silent peer: skipped, no time left within the cap")
+    blocks = [(path, subject) for path in PEER_PATHS if path != SILENT_CLOSE for subject in PEER_SUBJECTS]
+    # A trial may run its whole cap: start none that could then overrun the section's cap.
+    latest_start = deadline.at - config.peer_trial_cap - 1.0
+    for done, (path, subject) in enumerate(blocks):
+        share = (latest_start - time.monotonic()) / (len(blocks) - done)
+        if share <= 0:
+            notes.append(f"{subject}, {PATH_LABELS[path]}: skipped, no time left within the cap")
+            continue
+        budget = min(config.peer_path_budget, share)
+        until = time.monotonic() + budget
+        entry = run_sequential(server, subject, path, config.trials, config.peer_trial_cap, CLOSE_TIMEOUT, until)
+        entry["budget_seconds"] = round(budget, 1)
+        paths[path][subject] = entry
+        if not entry["complete"]:
+            entry["note"] = f"{entry['trials_run']} of {config.trials} trials within its budget of {budget:.1f} s"
     return notes
 
 
