@@ -79,3 +79,30 @@ def test_run_makes_the_calling_thread_the_owner() -> None:
     finally:
         closer.join(10 * UNIT)
         peer.stop()
+
+
+def test_server_side_answer_to_a_close_is_not_cut_off_by_teardown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """simple-websocket's server thread answers a close frame by itself, after marking the
+    connection closed; teardown must let that answer out. The answer is delayed here, as a
+    preempted thread would be, to make the race certain."""
+    from duplexthreads.transports import simple_websocket as backend
+
+    from .harness import open_endpoints
+
+    never = threading.Event()
+    original_send = backend._GuardedSocket.send
+
+    def delayed_send(self: Any, data: bytes) -> int:
+        if threading.current_thread().name.endswith("-backend"):
+            never.wait(0.2 * UNIT)  # a bounded stall of the backend thread, not of the test
+        return original_send(self, data)
+
+    monkeypatch.setattr(backend._GuardedSocket, "send", delayed_send)
+    pair = open_endpoints("simple-websocket-server")
+    try:
+        pair.peer.close(1000, "bye")
+        report = pair.conn.wait(10 * UNIT)
+        assert report.reason is Reason.PEER_CLOSED
+        assert pair.peer.wait_close_frame() == (1000, "bye")
+    finally:
+        pair.close_all()

@@ -47,6 +47,9 @@ Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
 ThreadFactory = Callable[..., threading.Thread]
 
 
+#: How long recv() waits, after a close frame, for the backend thread to finish answering it.
+_BACKEND_EXIT_TIMEOUT = 2.0
+
 #: Messages simple-websocket may hold in its own buffer before its thread stops reading the
 #: socket. Without this gate its buffer grows without bound and max_queue limits nothing.
 BACKEND_BUFFER_LIMIT = 16
@@ -280,6 +283,10 @@ class SimpleWebSocketTransport(Transport):
                 # wsproto reports a frame it cannot parse as a CloseConnection event without
                 # any close frame having arrived; only a real one moves its state on.
                 raise TransportError(f"protocol error: {exc.message or exc.reason}") from exc
+            # The backend thread marks the connection closed before it writes its own answer to
+            # the close frame (the server side answers by itself); it ends right after. Wait for
+            # it, or shutdown() could cut that answer off.
+            self._ws.thread.join(_BACKEND_EXIT_TIMEOUT)
             return CloseFrame(int(exc.reason), exc.message or "")
         self._guard.message_taken()
         if data is None:  # receive() only returns None when it times out; ours has no timeout
