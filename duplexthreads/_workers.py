@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Tuple
 from ._queues import SealableQueue, Sealed
 from .exceptions import TransportError
 from .report import Message, WorkerExit
-from .transports.base import CloseFrame, Transport, WriteError
+from .transports.base import CloseFrame, PeerClosingError, Transport, WriteError
 
 #: Most messages the writer takes off the queue for one write.
 MAX_BATCH = 1024
@@ -86,6 +86,13 @@ def write_loop(
             return WorkerExit("writer", close_sent=True, written=written)
         try:
             transport.send_batch(batch)
+        except PeerClosingError as exc:
+            # The reader is about to report the peer's close frame and end the connection;
+            # let it. Everything from here on goes back unwritten.
+            written += exc.written
+            writing.clear()
+            quit.wait()
+            return WorkerExit("writer", unwritten=tuple(batch[exc.written :]), written=written)
         except WriteError as exc:
             written += exc.written
             return WorkerExit("writer", error=exc, unwritten=tuple(batch[exc.written :]), written=written)

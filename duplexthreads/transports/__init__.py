@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import CloseFrame, Transport, WriteError, new_connection_id
+from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id
 from .memory import MemoryTransport, memory_pair
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CloseFrame",
     "MemoryTransport",
+    "PeerClosingError",
     "SimpleWebSocketTransport",
     "Transport",
     "WebSocketClientTransport",

@@ -9,6 +9,28 @@ from ..exceptions import TransportError
 from .base import WriteError
 
 
+class BorrowedSocket:
+    """The socket as a backend library sees it: everything but ``close()`` goes through.
+
+    Backends close the socket from their reading thread when the stream ends, while our writer
+    may still be using it; the fd number could then be reused by another connection under the
+    writer's feet. Through this view their ``close()`` does nothing, and the transport closes
+    the real socket exactly once, after its threads are gone.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.raw = sock
+
+    def close(self) -> None:
+        """Ignored: the transport owns the socket and closes it."""
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
 def shutdown_quietly(sock: Any) -> None:
     """``shutdown(SHUT_RDWR)``, tolerating a socket already shut down or closed (ENOTCONN, EBADF)."""
     try:
@@ -52,4 +74,4 @@ def translate_read_error(exc: BaseException) -> TransportError:
     return TransportError(f"read failed: {exc!r}")
 
 
-__all__: List[str] = ["shutdown_quietly", "translate_read_error", "write_frames"]
+__all__: List[str] = ["BorrowedSocket", "shutdown_quietly", "translate_read_error", "write_frames"]

@@ -18,7 +18,7 @@ from typing import ClassVar, Optional, Sequence, Tuple, Union
 from ..exceptions import TransportError
 from ..report import Message
 
-__all__ = ["CloseFrame", "Transport", "WriteError", "check_close_code", "new_connection_id"]
+__all__ = ["CloseFrame", "PeerClosingError", "Transport", "WriteError", "check_close_code", "new_connection_id"]
 
 # Connection ids are process-wide so that thread names never collide (itertools.count's
 # __next__ is atomic under the GIL).
@@ -44,6 +44,14 @@ class WriteError(TransportError):
     def __init__(self, message: str, written: int) -> None:
         super().__init__(message)
         self.written = written
+
+
+class PeerClosingError(WriteError):
+    """Nothing more can be written because the peer's close frame has arrived.
+
+    Not a failure: the reader is about to report the close. The writer stops and leaves the
+    ending to it, so the connection ends as "peer closed", not as a write error.
+    """
 
 
 def check_close_code(code: int) -> None:

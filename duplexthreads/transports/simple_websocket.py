@@ -38,8 +38,8 @@ from wsproto.events import (
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
 from . import _framing
-from ._sockets import shutdown_quietly, write_frames
-from .base import CloseFrame, Transport, WriteError, new_connection_id
+from ._sockets import BorrowedSocket, shutdown_quietly, write_frames
+from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id
 
 __all__ = ["SimpleWebSocketTransport"]
 
@@ -55,11 +55,11 @@ _BACKEND_EXIT_TIMEOUT = 2.0
 BACKEND_BUFFER_LIMIT = 16
 
 
-class _GuardedSocket:
+class _GuardedSocket(BorrowedSocket):
     """The socket as simple-websocket sees it: whole writes under a lock, gated reads, no close."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.raw = sock
+        super().__init__(sock)
         # Serialises every write on the connection: our writer's batches and the backend
         # thread's pong and close replies. Held only while writing, never while reading.
         self.write_lock = threading.Lock()
@@ -104,15 +104,6 @@ class _GuardedSocket:
         if not data:
             self.read_failure = EOFError("end of stream without a close frame")
         return data
-
-    def close(self) -> None:
-        """Ignored: the transport closes the raw socket once the backend thread is gone."""
-
-    def fileno(self) -> int:
-        return self.raw.fileno()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.raw, name)
 
 
 def _thread_factory(connection_id: int) -> ThreadFactory:
@@ -311,6 +302,9 @@ class SimpleWebSocketTransport(Transport):
             except Exception as exc:  # wsproto refuses data once a close frame went either way
                 if frames:
                     write_frames(self._guard.raw, frames)
+                if protocol.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+                    # The backend thread took in the peer's close frame before our reader saw it.
+                    raise PeerClosingError("the peer has closed", len(frames)) from exc
                 raise WriteError(f"cannot send: {exc!r}", len(frames)) from exc
             write_frames(self._guard.raw, frames)
 

@@ -20,7 +20,7 @@ import websocket
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
 from . import _framing
-from ._sockets import shutdown_quietly, write_frames
+from ._sockets import BorrowedSocket, shutdown_quietly, write_frames
 from .base import CloseFrame, Transport
 
 __all__ = ["WebSocketClientTransport"]
@@ -42,6 +42,9 @@ class WebSocketClientTransport(Transport):
         self._ws: Any = ws  # a connected websocket.WebSocket
         # The raw socket, kept apart from ws.sock, which websocket-client may set to None.
         self._sock: socket.socket = ws.sock
+        # websocket-client closes ws.sock from the reader when the stream ends, under our
+        # writer's feet; through this view it cannot, and close() below closes it once.
+        ws.sock = BorrowedSocket(self._sock)
         # Block without a timeout: the owner wakes the reader with shutdown(), so no polling.
         self._sock.settimeout(None)
         # Reassembles fragmented messages; UTF-8 is checked by bytes.decode, in C.
