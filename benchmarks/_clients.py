@@ -114,7 +114,7 @@ class AppClient:
         )
         self.thread = threading.Thread(target=self.app.run_forever, name=thread_name, daemon=True)
         self.thread.start()
-        if not self._opened.wait(IO_TIMEOUT) or self._error is not None or not self.app.ready():
+        if not self._opened.wait(IO_TIMEOUT) or self._error is not None or self.app.sock is None:
             self.kill()
             self.thread.join(IO_TIMEOUT)
             raise BenchError(f"WebSocketApp did not open: {self._error!r}")
@@ -248,7 +248,8 @@ class ReaderClient:
 
     def __init__(self, url: str) -> None:
         self.ws: Any = websocket.create_connection(url, timeout=IO_TIMEOUT)
-        self.ws.sock.settimeout(None)  # as with create_connection(url): block, no timeout polling
+        sock: Any = self.ws.sock
+        sock.settimeout(None)  # as with create_connection(url): block, no timeout polling
         self.thread = threading.Thread(target=self._read, name="bench-wsc-reader", daemon=True)
         self.thread.start()
 

@@ -61,7 +61,12 @@ SLUGS = {
 def measure_client(watch: Watch, client: str, url: str, count: int, window: float) -> Dict[str, Any]:
     """Open ``count`` idle connections of ``client``, measure them over ``window`` s, close them."""
     held: List[Held] = []
-    watch.arm(lambda: [h.kill() for h in list(held)])
+
+    def kill_all() -> None:
+        for connection in list(held):
+            connection.kill()
+
+    watch.arm(kill_all)
     gc.collect()
     before = task_ids()
     opening = time.monotonic()

@@ -224,6 +224,7 @@ def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
 
 
 def find(result: Dict[str, Any], client: str, mode: str, count: int) -> Optional[Dict[str, Any]]:
+    trial: Dict[str, Any]
     for trial in result["trials"]:
         if trial["client"] == client and trial["mode"] == mode and trial["connections"] == count:
             return trial
