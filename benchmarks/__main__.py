@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run every benchmark section, print a table each, write one JSON file.
 
-    python -m benchmarks                       full run (about 10-15 minutes on 2 cores)
-    python -m benchmarks --quick               short run (about 2 minutes)
+    python -m benchmarks                       full run (about 6-10 minutes on 2 cores)
+    python -m benchmarks --quick               short run (under 2 minutes)
     python -m benchmarks --only idle,scale     a subset, in SECTIONS order
     python -m benchmarks --check BASE.json     also compare with a saved run; exit 1 on a regression
     python -m benchmarks --write-baseline BASE.json
