@@ -214,6 +214,8 @@ class Held:
     threads: Callable[[], List[threading.Thread]]
     #: duplexthreads only: abort().
     abort: Optional[Callable[[], object]] = None
+    #: duplexthreads only: the connection itself, for duplexthreads.close_all().
+    duplex: Optional[duplexthreads.Duplex] = None
 
 
 def open_held(client: str, url: str, keepalive: bool = True) -> Held:
@@ -224,7 +226,7 @@ def open_held(client: str, url: str, keepalive: bool = True) -> Held:
     """
     if client in BACKENDS:
         dconn = duplexthreads.connect(url, backend=BACKENDS[client], open_timeout=IO_TIMEOUT)
-        return Held(dconn.close, dconn.transport.shutdown, lambda: list(dconn.threads()), dconn.abort)
+        return Held(dconn.close, dconn.transport.shutdown, lambda: list(dconn.threads()), dconn.abort, dconn)
     if client == WSA:
         app = AppClient(url, thread_name="bench-websocketapp")
         return Held(app.app.close, app.kill, lambda: [app.thread])

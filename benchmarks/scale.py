@@ -17,7 +17,10 @@ and here.
 Trials. For N in 500, 1,000 and 2,000 (``--quick``: 200 and 500), one trial per client and way
 of closing: duplexthreads with the websocket-client backend and with the simple-websocket
 backend, each closed by ``abort()`` and, in another trial, by ``close()`` (graceful: close
-frame, the server's answer); websockets' sync client, simple-websocket's Client and
+frame, the server's answer), one after another; and all at once by
+``duplexthreads.close_all(conns, abort=True)`` ("close_all-abort") and, for the
+websocket-client backend, ``duplexthreads.close_all(conns)`` ("close_all", graceful), which
+start ending every connection before waiting for any; websockets' sync client, simple-websocket's Client and
 WebSocketApp, each closed by its ``close()``. Every client uses its library's defaults
 (websockets' client pings every 20 s from a thread of its own; the others do not ping).
 
@@ -30,7 +33,7 @@ behind cannot disturb another. The worker:
 3. waits 0.5 s, collects garbage and reads the three again: the differences divided by N are
    the per-connection figures;
 4. closes every connection from its main thread, one after another (``abort()`` or
-   ``close()``), then joins every thread that was started for them, against a bound (15 s;
+   ``close()``) or with one ``close_all()`` call, then joins every thread that was started for them, against a bound (15 s;
    3 s with ``--quick``). "Closed, all threads gone" is the time from the first close call to
    the last thread found gone; threads still alive at the bound are reported as such, with
    the bound, rather than waited for. For duplexthreads, the threads are those named
@@ -52,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import duplexthreads
+
 from ._clients import BACKENDS, DT_SWS, DT_WSC, SWS, WSA, WSS, Held, open_held
 from ._harness import PeerServer, fd_count, fmt, raise_fd_limit, rss_kib, task_ids
 from ._metrics import Metric
@@ -62,12 +67,17 @@ SIZES = {False: (500, 1000, 2000), True: (200, 500)}
 TRIALS: Tuple[Tuple[str, str], ...] = (
     (DT_WSC, "abort"),
     (DT_WSC, "close"),
+    (DT_WSC, "close_all-abort"),
+    (DT_WSC, "close_all"),
     (DT_SWS, "abort"),
     (DT_SWS, "close"),
+    (DT_SWS, "close_all-abort"),
     (WSS, "close"),
     (SWS, "close"),
     (WSA, "close"),
 )
+#: Ways of closing: one by one with abort() or close(), or all at once with close_all().
+MODES = ("abort", "close", "close_all-abort", "close_all")
 #: How long a worker waits for the threads to go after closing: (full, quick).
 GONE_BOUND = {False: 15.0, True: 3.0}
 SETTLE = 0.5
@@ -114,7 +124,18 @@ def run_trial(client: str, mode: str, count: int, url: str, gone_bound: float) -
 
     errors: List[str] = []
     closing = time.perf_counter()
-    for connection in held:
+    if mode.startswith("close_all"):
+        # duplexthreads.close_all(): every connection starts ending before any is waited for.
+        try:
+            duplexthreads.close_all(
+                [connection.duplex for connection in held if connection.duplex is not None],
+                abort=mode == "close_all-abort",
+            )
+        except Exception as exc:  # noqa: BLE001 - counted; the connections are then killed
+            errors.append(repr(exc))
+            for connection in held:
+                connection.kill()
+    for connection in [] if mode.startswith("close_all") else held:
         try:
             if mode == "abort":
                 assert connection.abort is not None
@@ -155,7 +176,7 @@ def worker_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale --worker")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("client")
-    parser.add_argument("mode", choices=("abort", "close"))
+    parser.add_argument("mode", choices=MODES)
     parser.add_argument("count", type=int)
     parser.add_argument("url")
     parser.add_argument("--gone-bound", type=float, default=15.0)
@@ -240,12 +261,12 @@ def gone_cell(trial: Dict[str, Any]) -> str:
 def format_table(result: Dict[str, Any]) -> str:
     lines = [
         "Scale: N connections held in one process, then closed one after another from the main thread",
-        f"{'client':34} {'close':>5} {'N':>5} {'open s':>7} {'RSS KiB/conn':>12} {'thr/conn':>8} {'fds/conn':>8}"
+        f"{'client':34} {'close':>15} {'N':>5} {'open s':>7} {'RSS KiB/conn':>12} {'thr/conn':>8} {'fds/conn':>8}"
         f" {'close calls s':>13} {'closed, all threads gone s':>26} {'errors':>6}",
     ]
     for trial in result["trials"]:
         lines.append(
-            f"{trial['client']:34} {trial['mode']:>5} {trial['connections']:>5} {trial['open_seconds']:>7.2f}"
+            f"{trial['client']:34} {trial['mode']:>15} {trial['connections']:>5} {trial['open_seconds']:>7.2f}"
             f" {trial['rss_kib_per_conn']:>12.1f} {trial['threads_per_conn']:>8.2f} {trial['fds_per_conn']:>8.2f}"
             f" {trial['close_calls_seconds']:>13.3f} {gone_cell(trial):>26} {trial['close_errors']:>6}"
         )
@@ -270,7 +291,7 @@ def targets(result: Dict[str, Any]) -> List[str]:
                 f" ({ours['rss_kib_per_conn']:.1f} vs {theirs['rss_kib_per_conn']:.1f} KiB)"
             )
     for client in BACKENDS:
-        for mode in ("abort", "close"):
+        for mode in MODES:
             trial = find(result, client, mode, TARGET_N)
             if trial is None:
                 continue

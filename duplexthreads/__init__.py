@@ -7,6 +7,7 @@ closes the socket exactly once, and publishes one :class:`ExitReport`.
 
 from __future__ import annotations
 
+from .bulk import close_all
 from .client import BACKENDS, connect
 from .exceptions import (
     ConnectError,
@@ -40,5 +41,6 @@ __all__ = [
     "TransportError",
     "__version__",
     "accept",
+    "close_all",
     "connect",
 ]

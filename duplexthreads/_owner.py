@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 from ._queues import SealableQueue
+from ._workers import WriterActivity
 from .exceptions import TransportError
 from .report import ABNORMAL_CLOSURE, ExitReport, Message, Reason, WorkerExit
 from .transports.base import Transport
@@ -49,6 +50,10 @@ class _Cause:
     reply: Optional[Tuple[int, str]] = None
 
 
+#: What ends a connection when the application calls abort().
+ABORTED = _Cause("owner", Reason.ABORTED)
+
+
 @dataclass
 class Wiring:
     """What the owner shares with the workers; built by the Duplex."""
@@ -58,21 +63,33 @@ class Wiring:
     quit: threading.Event
     outbound: SealableQueue[Message]
     inbound: SealableQueue[Message]
-    done: queue.Queue[object]
+    done: queue.SimpleQueue[object]
     workers: Dict[str, threading.Thread]
     close_timeout: Optional[float]
     set_close_request: Callable[[Tuple[int, str]], None]
     #: Set by the writer while it may be inside a write.
-    writing: threading.Event
+    activity: WriterActivity
 
 
 class Owner:
-    """Runs the exit protocol once for one connection and returns its :class:`ExitReport`."""
+    """Runs the exit protocol once for one connection and returns its :class:`ExitReport`.
+
+    The protocol comes in steps so that ``close_all()`` can begin ending many connections before
+    it waits for any: :meth:`handle` (take one item: a request or a worker's report),
+    :meth:`wait_for_cause`, :meth:`stop` (set quit, wake everyone) and :meth:`complete`
+    (collect, join, close, report). :meth:`run` does them all.
+    """
 
     def __init__(self, wiring: Wiring) -> None:
         self._w = wiring
-        # Reports received so far, by role; touched only by the owner's thread.
+        # Everything below is touched only by the thread running the protocol.
+        # Reports received so far, by role.
         self._exits: Dict[str, WorkerExit] = {}
+        # The graceful close under way, and when its close_timeout runs out.
+        self._closing: Optional[CloseRequest] = None
+        self._deadline: Optional[float] = None
+        # When stop() began: the start of report.teardown_seconds.
+        self._stopped_at = 0.0
 
     def run(self, first: object = None) -> ExitReport:
         """The whole protocol; ``first`` is what made the caller the owner, if anything yet."""
@@ -80,9 +97,13 @@ class Owner:
 
     def finish(self, cause: Optional[_Cause] = None) -> ExitReport:
         """Stop everything and build the report; ``None`` means the application aborted."""
-        if cause is None:
-            cause = _Cause("owner", Reason.ABORTED)
-        started = time.monotonic()
+        cause = cause or ABORTED
+        self.stop(cause)
+        return self.complete(cause)
+
+    def stop(self, cause: _Cause) -> None:
+        """Set quit and wake every worker wherever it is blocked (after the close reply we owe)."""
+        self._stopped_at = time.monotonic()
         w = self._w
         w.quit.set()
         w.outbound.seal()
@@ -90,6 +111,10 @@ class Owner:
             self._reply_once_writer_stopped(cause.reply)
         w.transport.shutdown()
         w.inbound.seal()
+
+    def complete(self, cause: _Cause) -> ExitReport:
+        """After stop(): collect every report, join the threads, close the transport, report."""
+        w = self._w
         deadline = time.monotonic() + WAKE_TIMEOUT
         self._collect(lambda: len(self._exits) == len(w.workers), deadline)
         # The owner may be one of the workers (the first to end takes the role); it is alive by
@@ -110,7 +135,7 @@ class Owner:
             close_reason=cause.close_reason,
             unsent=unsent,
             written=writer.written if writer else 0,
-            teardown_seconds=time.monotonic() - started,
+            teardown_seconds=time.monotonic() - self._stopped_at,
             lingering=lingering,
         )
 
@@ -120,49 +145,55 @@ class Owner:
         ``first`` is an item already in hand (a worker's report or a request), handled before
         anything on the done queue.
         """
-        w = self._w
-        closing: Optional[CloseRequest] = None
-        deadline: Optional[float] = None
-        pending = first
+        if first is not None:
+            cause = self.handle(first)
+            if cause is not None:
+                return cause
         while True:
+            deadline = self._deadline
             try:
-                if pending is not None:
-                    item, pending = pending, None
-                else:
-                    item = w.done.get(timeout=None if deadline is None else _remaining(deadline))
+                item = self._w.done.get(timeout=None if deadline is None else _remaining(deadline))
             except queue.Empty:
+                closing = self._closing
                 assert closing is not None
-                timeout = TimeoutError(f"close handshake did not finish within {w.close_timeout} s")
+                timeout = TimeoutError(f"close handshake did not finish within {self._w.close_timeout} s")
                 return _Cause("owner", Reason.LOCAL_CLOSE, timeout, closing.code, closing.reason)
-            if isinstance(item, AbortRequest):
-                return _Cause("owner", Reason.ABORTED)
-            if isinstance(item, CloseRequest):
-                if closing is None:
-                    closing = item
-                    if w.close_timeout is not None:
-                        deadline = time.monotonic() + w.close_timeout
-                    # The writer reads the request once the sealed queue runs dry.
-                    w.set_close_request((item.code, item.reason))
-                    w.outbound.seal()
-                    # The reader must keep reading to see the peer's answer, even if the
-                    # application stopped taking messages and the inbound queue is full.
-                    w.inbound.lift_bound()
-                continue
-            assert isinstance(item, WorkerExit)
-            self._exits[item.role] = item
+            cause = self.handle(item)
+            if cause is not None:
+                return cause
+
+    def handle(self, item: object) -> Optional[_Cause]:
+        """Take one request or worker report; return the cause if the connection ends now."""
+        w = self._w
+        closing = self._closing
+        if isinstance(item, AbortRequest):
+            return ABORTED
+        if isinstance(item, CloseRequest):
             if closing is None:
-                return _cause_of(item)
-            if item.role == "writer" and item.close_sent:
-                continue  # our close frame is out; wait for the peer's answer
-            if item.role not in ("reader", "writer") and item.error is None:
-                continue  # an extra worker finishing cleanly (perhaps it asked for the close)
-            if item.role == "reader" and item.peer_close is not None:
-                # The answer, or the peer's own close crossing ours: reply if ours never left.
-                return _Cause(
-                    "owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, (closing.code, closing.reason)
-                )
-            error = item.error or RuntimeError(f"{item.role} ended during the close handshake")
-            return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
+                self._closing = item
+                if w.close_timeout is not None:
+                    self._deadline = time.monotonic() + w.close_timeout
+                # The writer reads the request once the sealed queue runs dry.
+                w.set_close_request((item.code, item.reason))
+                w.outbound.seal()
+                # The reader must keep reading to see the peer's answer, even if the
+                # application stopped taking messages and the inbound queue is full.
+                w.inbound.lift_bound()
+            return None
+        assert isinstance(item, WorkerExit)
+        self._exits[item.role] = item
+        if closing is None:
+            return _cause_of(item)
+        if item.role == "writer" and item.close_sent:
+            return None  # our close frame is out; wait for the peer's answer
+        if item.role not in ("reader", "writer") and item.error is None:
+            return None  # an extra worker finishing cleanly (perhaps it asked for the close)
+        if item.role == "reader" and item.peer_close is not None:
+            # The answer, or the peer's own close crossing ours: reply if ours never left.
+            reply = (closing.code, closing.reason)
+            return _Cause("owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, reply)
+        error = item.error or RuntimeError(f"{item.role} ended during the close handshake")
+        return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
 
     def _reply_once_writer_stopped(self, reply: Tuple[int, str]) -> None:
         """Send the close frame we owe once the writer has stopped, so it is the last frame.
@@ -172,7 +203,7 @@ class Owner:
         close tears down at once, so then no reply is sent and shutdown() interrupts the write.
         """
         w = self._w
-        if "writer" not in self._exits and w.writing.is_set():
+        if "writer" not in self._exits and w.activity.writing:
             return
         self._collect(lambda: "writer" in self._exits, time.monotonic() + WAKE_TIMEOUT)
         writer = self._exits.get("writer")

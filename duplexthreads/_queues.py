@@ -9,6 +9,7 @@ blocked on a full queue), and ``get`` still hands out what is left, then reports
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from typing import Generic, List, Optional, TypeVar
 
@@ -24,6 +25,12 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
 
     def __init__(self, maxsize: int = 0) -> None:
         super().__init__(maxsize)
+        # One condition for every kind of waiter instead of queue.Queue's three: a connection
+        # has one producer and one consumer per queue, and at thousands of connections each
+        # condition's lock and waiter list shows in the memory per connection. Sharing it means
+        # waking with notify_all, so a producer can never swallow a consumer's wake-up.
+        shared = threading.Condition(self.mutex)
+        self.not_empty = self.not_full = self.all_tasks_done = shared
         # Guarded by self.mutex, like all of queue.Queue's state.
         self._sealed = False
 
@@ -35,7 +42,6 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         """Refuse further puts and wake every thread blocked in ``put`` or ``get``."""
         with self.mutex:
             self._sealed = True
-            self.not_full.notify_all()
             self.not_empty.notify_all()
 
     def lift_bound(self) -> None:
@@ -63,14 +69,14 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
                 raise Sealed
             self._put(item)
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            self.not_empty.notify_all()
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
         """Take the oldest item; raise :class:`Sealed` once sealed and empty."""
         with self.not_empty:
             self._wait_for_item(block, timeout)
             item: T = self._get()
-            self.not_full.notify()
+            self.not_full.notify_all()
             return item
 
     def get_batch(self, max_items: int) -> List[T]:

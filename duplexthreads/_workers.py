@@ -18,6 +18,19 @@ from .transports.base import CloseFrame, PeerClosingError, Transport, WriteError
 MAX_BATCH = 1024
 
 
+class WriterActivity:
+    """Whether the writer may be inside a write; set by the writer, read by an owner.
+
+    A plain attribute, not an Event: nobody waits on it, and reads and writes of one
+    attribute are atomic in CPython, so a lock would only cost memory per connection.
+    """
+
+    __slots__ = ("writing",)
+
+    def __init__(self) -> None:
+        self.writing = False
+
+
 def run_worker(role: str, body: Callable[[], WorkerExit], on_exit: Callable[[WorkerExit], None]) -> None:
     """Thread target: run ``body``, then hand its one report to ``on_exit``, even if it raised.
 
@@ -59,20 +72,20 @@ def write_loop(
     outbound: SealableQueue[Message],
     quit: threading.Event,
     close_request: Callable[[], Optional[Tuple[int, str]]],
-    writing: threading.Event,
+    activity: WriterActivity,
 ) -> WorkerExit:
     """Write what the application queues, in batches, until quit or a graceful close.
 
     A sealed and empty queue without quit means a graceful close: everything accepted was
     written, so the writer sends our close frame and ends. With quit set, whatever the writer
-    holds goes back to the owner as ``unwritten``. ``writing`` is set while a write may be under
+    holds goes back to the owner as ``unwritten``. ``activity.writing`` is True while a write may be under
     way, so an owner answering a peer's close knows whether the writer can stop at once.
     """
     written = 0
     while True:
-        writing.clear()
+        activity.writing = False
         batch: List[Message] = outbound.get_batch(MAX_BATCH)
-        writing.set()
+        activity.writing = True
         if quit.is_set():
             return WorkerExit("writer", unwritten=tuple(batch), written=written)
         if not batch:
@@ -90,7 +103,7 @@ def write_loop(
             # The reader is about to report the peer's close frame and end the connection;
             # let it. Everything from here on goes back unwritten.
             written += exc.written
-            writing.clear()
+            activity.writing = False
             quit.wait()
             return WorkerExit("writer", unwritten=tuple(batch[exc.written :]), written=written)
         except WriteError as exc:

@@ -17,9 +17,9 @@ import threading
 from types import TracebackType
 from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
-from ._owner import AbortRequest, CloseRequest, Owner, Wiring
+from ._owner import AbortRequest, CloseRequest, Owner, Wiring, _Cause
 from ._queues import SealableQueue, Sealed
-from ._workers import extra_worker, read_loop, run_worker, write_loop
+from ._workers import WriterActivity, extra_worker, read_loop, run_worker, write_loop
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from .report import ExitReport, Message, WorkerExit
 from .transports.base import Transport, check_close_code
@@ -84,7 +84,7 @@ class Duplex:
         self._inbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
         # Workers post their WorkerExit here unless they became the owner; close()/abort() post
         # requests here when someone else owns the teardown. Only the owner reads it.
-        self._done: queue.Queue[object] = queue.Queue()
+        self._done: queue.SimpleQueue[object] = queue.SimpleQueue()
         # Set once the report is published; wait() and close() block on it.
         self._finished = threading.Event()
         # Guards _state, _workers, _owner_thread and _close_request against racing callers.
@@ -98,7 +98,7 @@ class Duplex:
         self._owner_claimed = False
         # Set by the writer while it may be inside a write (the owner answering a peer's close
         # must not wait for a write stuck on a peer that stopped reading).
-        self._writing = threading.Event()
+        self._writer_activity = WriterActivity()
         self._close_request: Optional[Tuple[int, str]] = None
         self._report: Optional[ExitReport] = None
 
@@ -153,12 +153,7 @@ class Duplex:
         wait for itself. Before ``start()`` there is nothing to flush or hand over: the transport
         is closed at once, as by ``abort()``.
         """
-        check_close_code(code)
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be str, not {type(reason).__name__}")
-        if len(reason.encode("utf-8")) > 123:
-            raise ValueError("close reason must fit in 123 bytes of UTF-8")
-        return self._request_end(CloseRequest(code, reason), timeout)
+        return self._request_end(close_request(code, reason), timeout)
 
     def abort(self) -> Optional[ExitReport]:
         """End the connection at once, without a close handshake; return the report.
@@ -268,7 +263,7 @@ class Duplex:
             bodies: Dict[str, Callable[[], WorkerExit]] = {
                 "reader": lambda: read_loop(self.transport, self._deliver),
                 "writer": lambda: write_loop(
-                    self.transport, self._outbound, self._quit, self._get_close_request, self._writing
+                    self.transport, self._outbound, self._quit, self._get_close_request, self._writer_activity
                 ),
             }
             for role, target in self._extra.items():
@@ -333,13 +328,40 @@ class Duplex:
 
     def _own_here(self, first: object) -> ExitReport:
         """Run the exit protocol in this thread, starting from ``first`` (None: wait for it)."""
+        return self._conclude(Owner(self._wiring()), first=first)
+
+    def _begin_ending(self, request: object) -> Optional[Tuple[Owner, Optional[_Cause]]]:
+        """close_all()'s first half: start ending this connection, without waiting.
+
+        Returns the owner (this thread has taken the role) and the cause it already stopped
+        for (an abort), or None for a close still under way. Returns None instead when there
+        is nothing left to do here: never started (torn down now), or someone else owns the
+        teardown (the request went to them).
+        """
+        if self._in_own_thread():
+            raise RuntimeError("close_all() cannot run in one of the connections' own threads")
+        if self._tear_down_if_never_started():
+            return None
+        if not self._claim_ownership():
+            self._done.put(request)
+            return None
         owner = Owner(self._wiring())
-        try:
-            cause = owner.wait_for_cause(first)
-        except KeyboardInterrupt:
-            self._publish(owner.finish(None))
-            raise
-        report = owner.finish(cause)
+        cause = owner.handle(request)
+        if cause is not None:
+            owner.stop(cause)
+        return owner, cause
+
+    def _conclude(self, owner: Owner, stopped_for: Optional[_Cause] = None, first: object = None) -> ExitReport:
+        """Finish the protocol this thread owns and publish the report."""
+        cause = stopped_for
+        if cause is None:
+            try:
+                cause = owner.wait_for_cause(first)
+            except KeyboardInterrupt:
+                self._publish(owner.finish(None))
+                raise
+            owner.stop(cause)
+        report = owner.complete(cause)
         self._publish(report)
         return report
 
@@ -368,7 +390,7 @@ class Duplex:
             workers=self._workers,
             close_timeout=self.close_timeout,
             set_close_request=self._set_close_request,
-            writing=self._writing,
+            activity=self._writer_activity,
         )
 
     def _publish(self, report: ExitReport) -> None:
@@ -435,3 +457,13 @@ def start_session(
         transport.close(0)
         raise
     return conn.start()  # if a thread cannot start, start() itself tears the transport down
+
+
+def close_request(code: int, reason: str) -> CloseRequest:
+    """A close request, after checking its arguments as a close frame needs them."""
+    check_close_code(code)
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be str, not {type(reason).__name__}")
+    if len(reason.encode("utf-8")) > 123:
+        raise ValueError("close reason must fit in 123 bytes of UTF-8")
+    return CloseRequest(code, reason)

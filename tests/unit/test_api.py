@@ -38,6 +38,7 @@ PUBLIC_NAMES = {
     "TransportError",
     "__version__",
     "accept",
+    "close_all",
     "connect",
 }
 

@@ -1,0 +1,112 @@
+"""close_all(): many connections ended side by side, over every transport."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator, List
+
+import pytest
+
+import duplexthreads
+from duplexthreads import Duplex, Reason
+from duplexthreads.transports import memory_pair
+
+from .harness import KINDS, Endpoints, open_endpoints
+from .peers import MemoryPeer
+from .timing import UNIT
+
+pytestmark = pytest.mark.timeout(60 * UNIT)
+
+
+@pytest.fixture
+def endpoints(request: pytest.FixtureRequest) -> Iterator[List[Endpoints]]:
+    opened = [open_endpoints(kind) for kind in KINDS for _ in range(3)]
+    yield opened
+    for pair in opened:
+        pair.close_all()
+
+
+def assert_all_gone(conns: List[Duplex]) -> None:
+    for conn in conns:
+        assert conn.closed and conn.report is not None and conn.report.lingering == ()
+        assert not [t.name for t in conn.threads() if t.is_alive()]
+        assert conn.transport.closed
+
+
+def test_close_all_closes_gracefully_and_flushes_each(endpoints: List[Endpoints]) -> None:
+    conns = [pair.conn for pair in endpoints]
+    for index, conn in enumerate(conns):
+        conn.send(f"last words {index}")
+    reports = duplexthreads.close_all(conns, 1001, "shutting down")
+    assert [report.connection_id for report in reports] == [conn.id for conn in conns]
+    for index, (pair, report) in enumerate(zip(endpoints, reports)):
+        assert report.reason is Reason.LOCAL_CLOSE and report.ok, (pair.kind, report.describe())
+        assert pair.peer.wait_messages(1) == [f"last words {index}"]
+        assert pair.peer.wait_close_frame() == (1001, "shutting down")
+    assert_all_gone(conns)
+
+
+def test_close_all_aborts(endpoints: List[Endpoints]) -> None:
+    conns = [pair.conn for pair in endpoints]
+    reports = duplexthreads.close_all(conns, abort=True)
+    assert all(report.reason is Reason.ABORTED for report in reports)
+    assert_all_gone(conns)
+
+
+def test_close_all_waits_for_connections_already_ending_and_tears_down_unstarted_ones() -> None:
+    started_ours, started_theirs = memory_pair()
+    started = Duplex(started_ours).start()
+    peer = MemoryPeer(started_theirs)
+    unstarted_ours, unstarted_theirs = memory_pair()
+    unstarted = Duplex(unstarted_ours)
+    try:
+        peer.close(1000, "peer first")
+        reports = duplexthreads.close_all([started, unstarted, started])
+        assert reports[0] is reports[2]
+        assert reports[0].reason is Reason.PEER_CLOSED or reports[0].reason is Reason.LOCAL_CLOSE
+        assert reports[1].reason is Reason.ABORTED and unstarted_ours.close_calls == 1
+        assert_all_gone([started, unstarted])
+    finally:
+        peer.stop()
+        unstarted_theirs.close()
+
+
+def test_close_all_checks_its_arguments_first() -> None:
+    ours, theirs = memory_pair()
+    conn = Duplex(ours).start()
+    peer = MemoryPeer(theirs)
+    try:
+        with pytest.raises(TypeError):
+            duplexthreads.close_all([conn, "not a connection"])  # type: ignore[list-item]
+        with pytest.raises(ValueError):
+            duplexthreads.close_all([conn], code=1006)
+        assert not conn.closed  # nothing was touched
+    finally:
+        conn.abort()
+        peer.stop()
+
+
+def test_close_all_from_a_callback_is_refused() -> None:
+    ours, theirs = memory_pair()
+    refused: List[BaseException] = []
+    holder: List[Duplex] = []
+    done = threading.Event()
+
+    def on_message(message: object) -> None:
+        try:
+            duplexthreads.close_all(holder)
+        except RuntimeError as exc:
+            refused.append(exc)
+        done.set()
+
+    conn = Duplex(ours, on_message=on_message)
+    holder.append(conn)
+    conn.start()
+    peer = MemoryPeer(theirs)
+    try:
+        peer.send("go")
+        assert done.wait(10 * UNIT)
+        assert len(refused) == 1
+    finally:
+        conn.abort()
+        peer.stop()
