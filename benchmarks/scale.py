@@ -32,11 +32,11 @@ behind cannot disturb another. The worker:
 2. opens N connections one after another from its main thread (the time is "open all");
 3. waits 0.5 s, collects garbage and reads the three again: the differences divided by N are
    the per-connection figures;
-4. closes every connection from its main thread, one after another (``abort()`` or
-   ``close()``) or with one ``close_all()`` call, then joins every thread that was started
-   for them, against a bound (15 s; 3 s with ``--quick``). "Closed, all threads gone" is the
-   time from the first close call to the last thread found gone; threads still alive at the bound are reported as such, with
-   the bound, rather than waited for. For duplexthreads, the threads are those named
+4. closes every connection from its main thread, one after another (``abort()`` or ``close()``)
+   or with one ``close_all()`` call, then joins every thread that was started for them, against
+   a bound (15 s; 3 s with ``--quick``). "Closed, all threads gone" is the time from the first
+   close call to the last thread found gone; threads still alive at the bound are reported as
+   such, with the bound, rather than waited for. For duplexthreads, the threads are those named
    ``duplexthreads-*``; for the others, every thread that appeared while opening.
 
 Between trials the section waits (bounded) for the server's handler threads to wind down.
