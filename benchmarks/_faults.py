@@ -415,6 +415,18 @@ class Leftovers:
 # -- running a section on its own ---------------------------------------------------------------------
 
 
+def section_footer(result: Dict[str, Any]) -> List[str]:
+    """The last lines of a section's table: completeness, notes, and what was left behind."""
+    lines = [] if result.get("complete", True) else ["INCOMPLETE"]
+    lines.extend(f"note: {note}" for note in result.get("notes", ()))
+    left = result["leftover"]
+    lines.append(
+        f"left at the end of the section: threads {left['threads'] or 'none'}, fds {left['fd_delta']:+d};"
+        f" {result['seconds']:.1f} s"
+    )
+    return lines
+
+
 def run_standalone(
     name: str,
     measure: Callable[[bool, float], Dict[str, Any]],

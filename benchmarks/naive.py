@@ -56,6 +56,7 @@ from ._faults import (
     join_all,
     load_average,
     run_standalone,
+    section_footer,
     shutdown_socket,
     summary_ms,
 )
@@ -309,14 +310,7 @@ def format_table(result: Dict[str, Any]) -> str:
     lines.append(f"leak of the naive pair on a write error detected: {verdict[detected]}")
     lines.append("(exited: connections whose threads all exited within the window; sockets open: the clients'")
     lines.append(" sockets still open at the window's end, the objects still held as a long-lived program would)")
-    if not result["complete"]:
-        lines.append("INCOMPLETE")
-    lines.extend(f"note: {note}" for note in result["notes"])
-    left = result["leftover"]
-    lines.append(
-        f"left at the end of the section: threads {left['threads'] or 'none'}, fds {left['fd_delta']:+d};"
-        f" {result['seconds']:.1f} s"
-    )
+    lines.extend(section_footer(result))
     return "\n".join(lines)
 
 

@@ -65,6 +65,7 @@ from ._faults import (
     library_threads,
     load_average,
     run_standalone,
+    section_footer,
     summary_ms,
 )
 from ._metrics import Metric
@@ -351,14 +352,7 @@ def format_table(result: Dict[str, Any]) -> str:
                 lines.append(f"      ({e['side_by_side']})")
     lines.append("(not done: trials cut at the cap; thr left: the subject's threads alive after its trials;")
     lines.append(" fds left: open fds after minus before the path, then after gc.collect(); unexp: wrong report)")
-    if not result["complete"]:
-        lines.append("INCOMPLETE")
-    lines.extend(f"note: {note}" for note in result["notes"])
-    left = result["leftover"]
-    lines.append(
-        f"left at the end of the section: threads {left['threads'] or 'none'}, fds {left['fd_delta']:+d};"
-        f" {result['seconds']:.1f} s"
-    )
+    lines.extend(section_footer(result))
     return "\n".join(lines)
 
 
