@@ -47,7 +47,7 @@ SECTIONS = ("throughput", "teardown_paths", "idle", "scale", "naive", "soak")
 #: Seconds each section may take: (full run, quick run). Their sums bound a run's length.
 CAPS: Dict[str, Tuple[float, float]] = {
     "throughput": (180.0, 45.0),
-    "teardown_paths": (120.0, 30.0),
+    "teardown_paths": (150.0, 45.0),
     "idle": (100.0, 40.0),
     "scale": (240.0, 50.0),
     "naive": (90.0, 15.0),
