@@ -22,9 +22,9 @@ def close_all(
 ) -> List[ExitReport]:
     """Close (or with ``abort=True``, abort) every connection; return their reports in order.
 
-    Each connection's own ``close_timeout`` bounds its close, and the closes run side by side,
-    so the whole call takes about as long as the slowest one. Connections already closed or
-    closing are waited for. When this returns, every thread of every connection has exited.
+    Each connection's own ``close_timeout`` bounds its close, and the closes run side by side:
+    no connection's close waits for another's to finish. Connections already closed or closing
+    are waited for. When this returns, every thread of every connection has exited.
     Call it from a thread of your own, not from an ``on_message`` callback.
     """
     conns = list(connections)
