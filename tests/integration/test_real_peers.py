@@ -3,19 +3,21 @@ client backends, and websocket-client against our server side. Loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Any, Callable, Iterator, List
 
 import pytest
 import websocket
-from websockets.sync.server import Server, ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 import duplexthreads
 from duplexthreads import ConnectError, HandshakeRejected, Reason
 
 from ..harness import Listener, read_environ
 from ..timing import UNIT
+from .websockets_server import running_server
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
 
@@ -25,23 +27,13 @@ BACKENDS = list(duplexthreads.BACKENDS)
 @pytest.fixture
 def websockets_server() -> Iterator[Callable[[Callable[[ServerConnection], None]], str]]:
     """Start a websockets threading server with the given handler; yields its URL."""
-    servers: List[Server] = []
-    threads: List[threading.Thread] = []
+    with contextlib.ExitStack() as stack:
 
-    def start(handler: Callable[[ServerConnection], None]) -> str:
-        server = serve(handler, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, name="test-websockets-server")
-        thread.start()
-        servers.append(server)
-        threads.append(thread)
-        return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        def start(handler: Callable[[ServerConnection], None]) -> str:
+            server = stack.enter_context(running_server(handler))
+            return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
 
-    yield start
-    for server in servers:
-        server.shutdown()
-    for thread in threads:
-        thread.join(10 * UNIT)
-        assert not thread.is_alive()
+        yield start
 
 
 def echo(ws: ServerConnection) -> None:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from websockets.sync.server import ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 import duplexthreads
 from duplexthreads import ConnectError
 
 from ..timing import UNIT
+from .websockets_server import running_server
 
 pytestmark = [
     pytest.mark.timeout(60 * UNIT),
@@ -53,15 +53,8 @@ def tls_echo_url(certificates: Path) -> Iterator[str]:
         for message in ws:
             ws.send(message)
 
-    server = serve(echo, "127.0.0.1", 0, ssl=context)
-    thread = threading.Thread(target=server.serve_forever, name="test-tls-server")
-    thread.start()
-    try:
+    with running_server(echo, ssl=context) as server:
         yield f"wss://127.0.0.1:{server.socket.getsockname()[1]}/"
-    finally:
-        server.shutdown()
-        thread.join(10 * UNIT)
-        assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("backend", list(duplexthreads.BACKENDS))
