@@ -431,8 +431,10 @@ class Duplex:
     def _closed_error(self) -> ConnectionClosed:
         """The exception for send/recv on a closing or closed connection."""
         if not self._in_own_thread():
-            # Teardown is bounded (promise P5), so this wait is too.
+            # Teardown is bounded (promise P5), so this wait is too. Joining as wait() does
+            # means that when a loop over recv() ends, the connection's threads are gone.
             self._finished.wait()
+            self._join_own_threads()
         report = self._report
         if report is not None and report.ok:
             return ConnectionClosedOK(report)
