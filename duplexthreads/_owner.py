@@ -2,7 +2,7 @@
 
 Exactly one thread runs it per connection: the caller of ``Duplex.run``, or else whoever comes
 first among the workers ending and the threads calling ``close()``/``abort()`` (see
-``Duplex._claim_ownership``). It is the only code that sets *quit*, seals the queues, shuts the
+``Duplex._claim_or_post``). It is the only code that sets *quit*, seals the queues, shuts the
 transport down and closes it, which is what makes teardown happen exactly once.
 """
 
@@ -19,6 +19,9 @@ from ._workers import WriterActivity
 from .exceptions import TransportError
 from .report import ABNORMAL_CLOSURE, ExitReport, Message, Reason, WorkerExit
 from .transports.base import Transport
+
+#: RFC 6455's code for a close frame that carried no status code.
+NO_STATUS_CODE = 1005
 
 #: How long the workers get to exit once woken; they need microseconds, this is a backstop.
 WAKE_TIMEOUT = 2.0
@@ -89,7 +92,9 @@ class Owner:
         self._closing: Optional[CloseRequest] = None
         self._deadline: Optional[float] = None
         # When stop() began: the start of report.teardown_seconds.
-        self._stopped_at = 0.0
+        self._stopped_at = time.monotonic()
+        # Set just before transport.close() is called, so that it is never called twice.
+        self._close_attempted = False
 
     def run(self, first: object = None) -> ExitReport:
         """The whole protocol; ``first`` is what made the caller the owner, if anything yet."""
@@ -121,9 +126,38 @@ class Owner:
         # definition and is joined by wait() once it returns.
         others = [thread for thread in w.workers.values() if thread is not threading.current_thread()]
         for thread in others:
-            thread.join(_remaining(deadline))
+            if thread.ident is not None:
+                thread.join(_remaining(deadline))
+        self._close_attempted = True
         w.transport.close(_remaining(deadline))
-        lingering = tuple(thread.name for thread in (*others, *w.transport.backend_threads()) if thread.is_alive())
+        return self._report(cause)
+
+    def abandon(self, error: BaseException) -> ExitReport:
+        """The teardown of last resort, after the protocol itself failed or was interrupted.
+
+        Nothing here waits: it sets quit, seals both queues, shuts the transport down and
+        closes it (unless that was already tried), and reports the connection as aborted
+        with ``error``, naming any thread still alive as lingering.
+        """
+        w = self._w
+        for step in (w.quit.set, w.outbound.seal, w.inbound.seal, w.transport.shutdown):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - each step is attempted whatever the others do
+                pass
+        if not self._close_attempted:
+            self._close_attempted = True
+            try:
+                w.transport.close(0)
+            except Exception:  # noqa: BLE001 - the report carries the error that brought us here
+                pass
+        return self._report(_Cause("owner", Reason.ABORTED, error))
+
+    def _report(self, cause: _Cause) -> ExitReport:
+        w = self._w
+        current = threading.current_thread()
+        threads = (*w.workers.values(), *w.transport.backend_threads())
+        lingering = tuple(t.name for t in threads if t is not current and t.is_alive())
         writer = self._exits.get("writer")
         unsent = (writer.unwritten if writer else ()) + tuple(w.outbound.drain())
         return ExitReport(
@@ -189,9 +223,12 @@ class Owner:
         if item.role not in ("reader", "writer") and item.error is None:
             return None  # an extra worker finishing cleanly (perhaps it asked for the close)
         if item.role == "reader" and item.peer_close is not None:
-            # The answer, or the peer's own close crossing ours: reply if ours never left.
-            reply = (closing.code, closing.reason)
-            return _Cause("owner", Reason.LOCAL_CLOSE, None, closing.code, closing.reason, reply)
+            # The answer, or the peer's own close crossing ours: reply if ours never left. The
+            # report gives the peer's code, unless its frame carried none (1005).
+            code, reason = item.peer_close
+            if code == NO_STATUS_CODE:
+                code, reason = closing.code, closing.reason
+            return _Cause("owner", Reason.LOCAL_CLOSE, None, code, reason, (closing.code, closing.reason))
         error = item.error or RuntimeError(f"{item.role} ended during the close handshake")
         return _Cause("owner", Reason.LOCAL_CLOSE, error, closing.code, closing.reason)
 

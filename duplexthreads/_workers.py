@@ -10,7 +10,7 @@ import threading
 from typing import Callable, List, Optional, Tuple
 
 from ._queues import SealableQueue, Sealed
-from .exceptions import TransportError
+from .exceptions import ConnectionClosed, TransportError
 from .report import Message, WorkerExit
 from .transports.base import CloseFrame, PeerClosingError, Transport, WriteError
 
@@ -65,6 +65,10 @@ def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> Worke
             deliver(item)
         except Sealed:
             return WorkerExit("reader")
+        except ConnectionClosed:
+            # The callback tried to send while we are closing (an echo, say). That is no
+            # failure of the connection: keep reading, so the peer's answer is still seen.
+            continue
 
 
 def write_loop(
@@ -85,9 +89,10 @@ def write_loop(
     while True:
         activity.writing = False
         batch: List[Message] = outbound.get_batch(MAX_BATCH)
-        activity.writing = True
         if quit.is_set():
             return WorkerExit("writer", unwritten=tuple(batch), written=written)
+        # Set only now, past the quit check: an idle writer woken to leave never looks busy.
+        activity.writing = True
         if not batch:
             request = close_request()
             if request is None:

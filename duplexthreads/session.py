@@ -14,6 +14,7 @@ import functools
 import queue
 import re
 import threading
+import time
 from types import TracebackType
 from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
@@ -66,10 +67,7 @@ class Duplex:
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
         if max_queue is not None and (not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1):
             raise ValueError(f"max_queue must be a positive int or None, not {max_queue!r}")
-        if close_timeout is not None and (
-            not isinstance(close_timeout, (int, float)) or isinstance(close_timeout, bool) or not close_timeout >= 0
-        ):
-            raise ValueError(f"close_timeout must be a number >= 0 or None, not {close_timeout!r}")
+        close_timeout = timeout_arg(close_timeout, "close_timeout")
         if on_message is not None and not callable(on_message):
             raise TypeError("on_message must be callable")
         self.transport = transport
@@ -94,8 +92,11 @@ class Duplex:
         self._extra: Dict[str, Callable[[threading.Event], None]] = {}
         # A thread started only when close()/abort() cannot run the teardown in the caller.
         self._owner_thread: Optional[threading.Thread] = None
-        # Whoever sets this first (under _lock) runs the exit protocol: see _claim_ownership.
+        # Whoever sets this first (under _lock) runs the exit protocol: see _claim_or_post.
         self._owner_claimed = False
+        # True while start()/run() is starting threads: nobody may take the owner's role then,
+        # since the owner joins every worker and some are not started yet.
+        self._launching = False
         # Set by the writer while it may be inside a write (the owner answering a peer's close
         # must not wait for a write stuck on a peer that stopped reading).
         self._writer_activity = WriterActivity()
@@ -111,7 +112,7 @@ class Duplex:
         with ``quit.wait(interval)``, never ``time.sleep``). If it returns or raises first, the
         connection ends with reason ``WORKER_EXIT``.
         """
-        if not isinstance(role, str) or not _ROLE_PATTERN.match(role) or role in _RESERVED_ROLES:
+        if not isinstance(role, str) or not _ROLE_PATTERN.fullmatch(role) or role in _RESERVED_ROLES:
             raise ValueError(
                 f"invalid worker role {role!r}: use a short lowercase name other than {sorted(_RESERVED_ROLES)}"
             )
@@ -153,7 +154,7 @@ class Duplex:
         wait for itself. Before ``start()`` there is nothing to flush or hand over: the transport
         is closed at once, as by ``abort()``.
         """
-        return self._request_end(close_request(code, reason), timeout)
+        return self._request_end(close_request(code, reason), timeout_arg(timeout, "timeout"))
 
     def abort(self) -> Optional[ExitReport]:
         """End the connection at once, without a close handshake; return the report.
@@ -165,11 +166,13 @@ class Duplex:
 
     def wait(self, timeout: Optional[float] = None) -> ExitReport:
         """Block until the connection has ended and every thread of it has exited."""
+        timeout = timeout_arg(timeout, "timeout")
         if self._in_own_thread():
             raise RuntimeError("wait() called from one of the connection's own threads would wait for itself")
+        deadline = _deadline(timeout)
         if not self._finished.wait(timeout):
             raise TimeoutError(f"connection {self.id} still open after {timeout} s")
-        self._join_own_threads()
+        self._join_own_threads(deadline)
         assert self._report is not None
         return self._report
 
@@ -188,10 +191,12 @@ class Duplex:
             item = bytes(message)  # a copy: later changes by the caller must not leak into the frame
         else:
             raise TypeError(f"send() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")
+        timeout = timeout_arg(timeout, "timeout")
+        deadline = _deadline(timeout)
         try:
             self._outbound.put(item, timeout=timeout)
         except Sealed:
-            raise self._closed_error() from None
+            raise self._closed_error(deadline) from None
         except queue.Full:
             raise TimeoutError(f"outbound queue still full after {timeout} s") from None
 
@@ -203,10 +208,12 @@ class Duplex:
         """
         if self._on_message is not None:
             raise RuntimeError("recv() is not available: messages go to the on_message callback")
+        timeout = timeout_arg(timeout, "timeout")
+        deadline = _deadline(timeout)
         try:
             return self._inbound.get(timeout=timeout)
         except Sealed:
-            raise self._closed_error() from None
+            raise self._closed_error(deadline) from None
         except queue.Empty:
             raise TimeoutError(f"no message within {timeout} s") from None
 
@@ -260,6 +267,7 @@ class Duplex:
                 raise RuntimeError(f"connection {self.id} was already started")
             self._state = _State.RUNNING
             self._owner_claimed = owned_by_caller
+            self._launching = True
             bodies: Dict[str, Callable[[], WorkerExit]] = {
                 "reader": lambda: read_loop(self.transport, self._deliver),
                 "writer": lambda: write_loop(
@@ -275,56 +283,74 @@ class Duplex:
                     name=self._thread_name(role),
                     daemon=True,
                 )
-        started: Dict[str, threading.Thread] = {}
         try:
-            for role, thread in self._workers.items():
+            for thread in self._workers.values():
                 thread.start()
-                started[role] = thread
         except BaseException:
             # Typically "can't start new thread": stop the ones that did start, then re-raise.
             with self._lock:
-                self._workers = started
+                for role in [role for role, thread in self._workers.items() if thread.ident is None]:
+                    del self._workers[role]
+                self._launching = False
                 self._owner_claimed = True
             self._publish(Owner(self._wiring()).finish(None))
-            self._join_own_threads()
+            self._join_own_threads(None)
             raise
-
-    def _claim_ownership(self) -> bool:
-        """True for exactly one caller: the one that runs the exit protocol."""
         with self._lock:
-            if self._owner_claimed:
+            self._launching = False
+            # A worker that ended, or a close()/abort() that came, while threads were starting
+            # could not take the owner's role and posted instead: someone must read it.
+            orphaned = not self._owner_claimed and not self._done.empty()
+            if orphaned:
+                self._owner_claimed = True
+        if orphaned:
+            self._start_owner_thread(None)
+
+    def _claim_or_post(self, item: object) -> bool:
+        """Take the owner's role (True), or hand ``item`` to whoever has it or will (False).
+
+        One decision under the lock: a report or request is either handled by the caller as
+        the new owner, or already on the done queue when the lock is released, never lost
+        between the two.
+        """
+        with self._lock:
+            if self._owner_claimed or self._launching:
+                self._done.put(item)
                 return False
             self._owner_claimed = True
             return True
 
     def _worker_ended(self, report: WorkerExit) -> None:
         """Every worker's last act: report to the owner, or become the owner if it is the first."""
-        if self._claim_ownership():
+        if self._claim_or_post(report):
             self._own_here(report)
-        else:
-            self._done.put(report)
 
     def _request_end(self, request: object, timeout: Optional[float]) -> Optional[ExitReport]:
         """close()/abort(): run the protocol here if nobody owns it yet, else ask the owner."""
         if self._tear_down_if_never_started():
             return self._report
         in_own_thread = self._in_own_thread()
-        if (in_own_thread or timeout is not None) and self._claim_ownership():
-            # The protocol cannot run here: in one of our own threads it would wait for itself,
-            # and with a timeout this call must be able to return before teardown ends.
-            owner = threading.Thread(
-                target=self._own_here, args=(request,), name=self._thread_name("owner"), daemon=True
-            )
-            with self._lock:
-                self._owner_thread = owner
-            owner.start()
-        elif not in_own_thread and self._claim_ownership():
-            return self._own_here(request)
-        else:
-            self._done.put(request)  # for the owner already at work (a request is moot there)
+        if self._claim_or_post(request):
+            if in_own_thread or timeout is not None:
+                # The protocol cannot run here: in one of our own threads it would wait for
+                # itself, and with a timeout this call must be able to return before it ends.
+                self._start_owner_thread(request)
+            else:
+                return self._own_here(request)
         if in_own_thread:
             return None
         return self.wait(timeout)
+
+    def _start_owner_thread(self, first: object) -> None:
+        """Run the exit protocol, which this thread has claimed, in a thread of its own."""
+        owner = threading.Thread(target=self._own_here, args=(first,), name=self._thread_name("owner"), daemon=True)
+        with self._lock:
+            self._owner_thread = owner
+        try:
+            owner.start()
+        except BaseException as exc:
+            self._publish(Owner(self._wiring()).abandon(exc))
+            raise
 
     def _own_here(self, first: object) -> ExitReport:
         """Run the exit protocol in this thread, starting from ``first`` (None: wait for it)."""
@@ -342,8 +368,7 @@ class Duplex:
             raise RuntimeError("close_all() cannot run in one of the connections' own threads")
         if self._tear_down_if_never_started():
             return None
-        if not self._claim_ownership():
-            self._done.put(request)
+        if not self._claim_or_post(request):
             return None
         owner = Owner(self._wiring())
         cause = owner.handle(request)
@@ -352,25 +377,41 @@ class Duplex:
         return owner, cause
 
     def _conclude(self, owner: Owner, stopped_for: Optional[_Cause] = None, first: object = None) -> ExitReport:
-        """Finish the protocol this thread owns and publish the report."""
-        cause = stopped_for
-        if cause is None:
-            try:
-                cause = owner.wait_for_cause(first)
-            except KeyboardInterrupt:
-                self._publish(owner.finish(None))
-                raise
-            owner.stop(cause)
-        report = owner.complete(cause)
-        self._publish(report)
-        return report
+        """Finish the protocol this thread owns and publish the report.
 
-    def _join_own_threads(self) -> None:
-        # Each has published or handed over its report; joining only waits for it to return.
+        Whatever happens, a report is published: Ctrl-C while waiting aborts the connection
+        (then propagates), and any other failure inside the protocol, or a second Ctrl-C,
+        ends it with a teardown that cannot block. Otherwise every later close() or wait()
+        would wait for an owner that is gone.
+        """
+        try:
+            cause = stopped_for
+            if cause is None:
+                try:
+                    cause = owner.wait_for_cause(first)
+                except KeyboardInterrupt:
+                    self._publish(owner.finish(None))
+                    raise
+                owner.stop(cause)
+            report = owner.complete(cause)
+            self._publish(report)
+            return report
+        except BaseException as exc:
+            if not self._finished.is_set():
+                self._publish(owner.abandon(exc))
+            raise
+
+    def _join_own_threads(self, deadline: Optional[float]) -> None:
+        """Join this connection's threads, but not those the report names as stuck.
+
+        The others have handed over their report, so joining only waits for them to return.
+        """
+        report = self._report
+        stuck = set(report.lingering) if report is not None else set()
         current = threading.current_thread()
         for thread in self._own_threads():
-            if thread is not current:
-                thread.join()
+            if thread is not current and thread.name not in stuck and thread.ident is not None:
+                thread.join(_remaining(deadline))
 
     def _own_threads(self) -> Tuple[threading.Thread, ...]:
         with self._lock:
@@ -428,17 +469,19 @@ class Duplex:
         current = threading.current_thread()
         return current in self._workers.values() or current is self._owner_thread
 
-    def _closed_error(self) -> ConnectionClosed:
-        """The exception for send/recv on a closing or closed connection."""
-        if not self._in_own_thread():
-            # Teardown is bounded (promise P5), so this wait is too. Joining as wait() does
-            # means that when a loop over recv() ends, the connection's threads are gone.
-            self._finished.wait()
-            self._join_own_threads()
+    def _closed_error(self, deadline: Optional[float]) -> ConnectionClosed:
+        """The exception for send/recv on a closing or closed connection.
+
+        Waits, within the caller's own timeout, for the report, and joins the threads as wait()
+        does, so that when a loop over recv() ends the connection is gone. In one of the
+        connection's own threads, or when the timeout runs out first, there is no report yet.
+        """
+        if not self._in_own_thread() and self._finished.wait(_remaining(deadline)):
+            self._join_own_threads(deadline)
         report = self._report
         if report is not None and report.ok:
             return ConnectionClosedOK(report)
-        return ConnectionClosedError(report)
+        return ConnectionClosedError(report, None if report is not None else "connection closing")
 
     def _thread_name(self, role: str) -> str:
         return f"duplexthreads-{self.id}-{role}"
@@ -469,3 +512,26 @@ def close_request(code: int, reason: str) -> CloseRequest:
     if len(reason.encode("utf-8")) > 123:
         raise ValueError("close reason must fit in 123 bytes of UTF-8")
     return CloseRequest(code, reason)
+
+
+def timeout_arg(value: Optional[float], name: str) -> Optional[float]:
+    """A timeout argument checked: seconds >= 0, or None for no limit.
+
+    Values beyond what threading can wait for (``threading.TIMEOUT_MAX``, about 292 years),
+    infinity included, also mean no limit, instead of failing deep inside a wait.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, or None, not {value!r}")
+    if value >= threading.TIMEOUT_MAX:
+        return None
+    return float(value)
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
