@@ -80,7 +80,7 @@ class Owner:
     The protocol comes in steps so that ``close_all()`` can begin ending many connections before
     it waits for any: :meth:`handle` (take one item: a request or a worker's report),
     :meth:`wait_for_cause`, :meth:`stop` (set quit, wake everyone) and :meth:`complete`
-    (collect, join, close, report). :meth:`run` does them all.
+    (collect, join, close, report).
     """
 
     def __init__(self, wiring: Wiring) -> None:
@@ -95,10 +95,6 @@ class Owner:
         self._stopped_at = time.monotonic()
         # Set just before transport.close() is called, so that it is never called twice.
         self._close_attempted = False
-
-    def run(self, first: object = None) -> ExitReport:
-        """The whole protocol; ``first`` is what made the caller the owner, if anything yet."""
-        return self.finish(self.wait_for_cause(first))
 
     def finish(self, cause: Optional[_Cause] = None) -> ExitReport:
         """Stop everything and build the report; ``None`` means the application aborted."""
@@ -127,9 +123,9 @@ class Owner:
         others = [thread for thread in w.workers.values() if thread is not threading.current_thread()]
         for thread in others:
             if thread.ident is not None:
-                thread.join(_remaining(deadline))
+                thread.join(remaining(deadline))
         self._close_attempted = True
-        w.transport.close(_remaining(deadline))
+        w.transport.close(remaining(deadline))
         return self._report(cause)
 
     def abandon(self, error: BaseException) -> ExitReport:
@@ -186,7 +182,7 @@ class Owner:
         while True:
             deadline = self._deadline
             try:
-                item = self._w.done.get(timeout=None if deadline is None else _remaining(deadline))
+                item = self._w.done.get(timeout=remaining(deadline))
             except queue.Empty:
                 closing = self._closing
                 assert closing is not None
@@ -255,7 +251,7 @@ class Owner:
         """Take worker reports until ``satisfied()`` or the deadline; requests are moot now."""
         while not satisfied():
             try:
-                item = self._w.done.get(timeout=None if deadline is None else _remaining(deadline))
+                item = self._w.done.get(timeout=remaining(deadline))
             except queue.Empty:
                 return
             if isinstance(item, WorkerExit):
@@ -279,5 +275,6 @@ def _cause_of(first: WorkerExit) -> _Cause:
     return _Cause(first.role, Reason.WORKER_EXIT, first.error, code, "", (code, ""))
 
 
-def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
+def remaining(deadline: Optional[float]) -> Optional[float]:
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value); None means no limit."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -18,7 +18,7 @@ import time
 from types import TracebackType
 from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
-from ._owner import AbortRequest, CloseRequest, Owner, Wiring, _Cause
+from ._owner import AbortRequest, CloseRequest, Owner, Wiring, _Cause, remaining
 from ._queues import SealableQueue, Sealed
 from ._workers import WriterActivity, extra_worker, read_loop, run_worker, write_loop
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
@@ -411,7 +411,7 @@ class Duplex:
         current = threading.current_thread()
         for thread in self._own_threads():
             if thread is not current and thread.name not in stuck and thread.ident is not None:
-                thread.join(_remaining(deadline))
+                thread.join(remaining(deadline))
 
     def _own_threads(self) -> Tuple[threading.Thread, ...]:
         with self._lock:
@@ -476,7 +476,7 @@ class Duplex:
         does, so that when a loop over recv() ends the connection is gone. In one of the
         connection's own threads, or when the timeout runs out first, there is no report yet.
         """
-        if not self._in_own_thread() and self._finished.wait(_remaining(deadline)):
+        if not self._in_own_thread() and self._finished.wait(remaining(deadline)):
             self._join_own_threads(deadline)
         report = self._report
         if report is not None and report.ok:
@@ -531,7 +531,3 @@ def timeout_arg(value: Optional[float], name: str) -> Optional[float]:
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
     return None if timeout is None else time.monotonic() + timeout
-
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 from typing import Any, List, Sequence
 
-from ..exceptions import TransportError
 from .base import WriteError
 
 
@@ -67,11 +66,4 @@ def _count_complete(frames: Sequence[bytes], sent: int) -> int:
     return complete
 
 
-def translate_read_error(exc: BaseException) -> TransportError:
-    """A reader-side exception as a TransportError (the caller chains it with ``from``)."""
-    if isinstance(exc, TransportError):
-        return exc
-    return TransportError(f"read failed: {exc!r}")
-
-
-__all__: List[str] = ["BorrowedSocket", "shutdown_quietly", "translate_read_error", "write_frames"]
+__all__: List[str] = ["BorrowedSocket", "shutdown_quietly", "write_frames"]
