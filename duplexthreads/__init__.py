@@ -16,7 +16,9 @@ from .exceptions import (
     ConnectionClosedOK,
     DuplexError,
     HandshakeRejected,
+    ProtocolError,
     TransportError,
+    UsageError,
 )
 from .report import ExitReport, Message, Reason
 from .server import accept
@@ -37,8 +39,10 @@ __all__ = [
     "ExitReport",
     "HandshakeRejected",
     "Message",
+    "ProtocolError",
     "Reason",
     "TransportError",
+    "UsageError",
     "__version__",
     "accept",
     "close_all",

@@ -4,14 +4,18 @@ Sealing replaces a stop sentinel. A sentinel needs room in a bounded queue and c
 the wrong consumer; a seal cannot. Once sealed, ``put`` refuses new items (waking producers
 blocked on a full queue), and ``get`` still hands out what is left, then reports the seal
 (waking consumers blocked on an empty queue). Nothing that was accepted is ever dropped.
+
+The outbound queue also keeps the writer's hand-over honest: :meth:`SealableQueue.get_batch`
+marks the consumer busy under the queue's own lock, and :meth:`SealableQueue.stop` seals and
+reads that mark under the same lock. So whoever stops the queue knows for certain whether the
+writer may be inside a write, with no window in between (see ``_protocol.py``, step 2).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
-from typing import Generic, List, Optional, TypeVar
+from typing import Generic, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -31,18 +35,51 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         # waking with notify_all, so a producer can never swallow a consumer's wake-up.
         shared = threading.Condition(self.mutex)
         self.not_empty = self.not_full = self.all_tasks_done = shared
-        # Guarded by self.mutex, like all of queue.Queue's state.
+        # All below are guarded by self.mutex, like queue.Queue's own state.
         self._sealed = False
+        # Sealed for good: the consumer takes nothing more, what is left stays for drain().
+        self._stopped = False
+        # What the consumer must do once a sealed queue runs dry (the writer: our close frame).
+        self._then_close: Optional[Tuple[int, str]] = None
+        # True from the moment get_batch() hands over work until batch_done(): the consumer
+        # may be inside a write.
+        self._busy = False
 
     @property
     def sealed(self) -> bool:
         return self._sealed
 
-    def seal(self) -> None:
-        """Refuse further puts and wake every thread blocked in ``put`` or ``get``."""
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def then_close(self) -> Optional[Tuple[int, str]]:
+        """The close frame to send after the last item, given to :meth:`seal`."""
+        return self._then_close
+
+    def seal(self, then_close: Optional[Tuple[int, str]] = None) -> None:
+        """Refuse further puts and wake every thread blocked in ``put`` or ``get``.
+
+        ``then_close`` (code, reason) asks the consumer of ``get_batch`` to send that close frame
+        once everything accepted before the seal is out: a graceful close.
+        """
         with self.mutex:
             self._sealed = True
+            if then_close is not None and self._then_close is None:
+                self._then_close = then_close
             self.not_empty.notify_all()
+
+    def stop(self) -> bool:
+        """Seal for good: ``get_batch`` hands out nothing more. Return whether the consumer was busy.
+
+        Read under the lock ``get_batch`` marks busy under: if this returns False, the consumer
+        is not in a write and will not start one.
+        """
+        with self.mutex:
+            self._sealed = self._stopped = True
+            self.not_empty.notify_all()
+            return self._busy
 
     def lift_bound(self) -> None:
         """Make the queue unbounded from now on, waking producers blocked on it being full."""
@@ -53,18 +90,12 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Append ``item``; raise :class:`Sealed` once sealed, ``queue.Full`` on timeout."""
         with self.not_full:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            # maxsize is re-read on each pass: lift_bound() may set it to 0 while we wait.
-            while not self._sealed and 0 < self.maxsize <= self._qsize():
+            # maxsize is re-read on each check: lift_bound() may set it to 0 while we wait.
+            if not self._has_room():
                 if not block:
                     raise queue.Full
-                if deadline is None:
-                    self.not_full.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise queue.Full
-                    self.not_full.wait(remaining)
+                if not self.not_full.wait_for(self._has_room, timeout):
+                    raise queue.Full
             if self._sealed:
                 raise Sealed
             self._put(item)
@@ -74,26 +105,43 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     def get(self, block: bool = True, timeout: Optional[float] = None) -> T:
         """Take the oldest item; raise :class:`Sealed` once sealed and empty."""
         with self.not_empty:
-            self._wait_for_item(block, timeout)
+            if not self._qsize():
+                if not block:
+                    if self._sealed:
+                        raise Sealed
+                    raise queue.Empty
+                if not self.not_empty.wait_for(self._item_or_seal, timeout):
+                    raise queue.Empty
+                if not self._qsize():
+                    raise Sealed
             item: T = self._get()
             self.not_full.notify_all()
             return item
 
     def get_batch(self, max_items: int) -> List[T]:
-        """Block until at least one item is there, then take up to ``max_items`` at once.
+        """Block until there is work, then take up to ``max_items`` at once and mark us busy.
 
-        Returns an empty list when the queue is sealed and empty. Taking a batch under one lock
-        acquisition is what lets the writer coalesce many small messages into one write.
+        Returns an empty list when the queue is sealed and empty, or stopped; the consumer is
+        then busy only if a close frame remains to be sent (``then_close``, not stopped).
+        Taking a batch under one lock acquisition is what lets the writer coalesce many small
+        messages into one write.
         """
         with self.not_empty:
-            try:
-                self._wait_for_item(True, None)
-            except Sealed:
+            self._busy = False
+            self.not_empty.wait_for(self._work_or_stop)
+            if self._stopped:
                 return []
             count = min(max_items, self._qsize())
             batch = [self._get() for _ in range(count)]
-            self.not_full.notify_all()
+            self._busy = bool(batch) or self._then_close is not None
+            if batch:
+                self.not_full.notify_all()
             return batch
+
+    def batch_done(self) -> None:
+        """The consumer finished its write: it is not busy until its next ``get_batch``."""
+        with self.mutex:
+            self._busy = False
 
     def drain(self) -> List[T]:
         """Take everything left, without blocking."""
@@ -102,18 +150,16 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self.not_full.notify_all()
             return items
 
-    def _wait_for_item(self, block: bool, timeout: Optional[float]) -> None:
-        # Caller holds self.mutex (through self.not_empty).
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._qsize():
-            if self._sealed:
-                raise Sealed
-            if not block:
-                raise queue.Empty
-            if deadline is None:
-                self.not_empty.wait()
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise queue.Empty
-                self.not_empty.wait(remaining)
+    # Predicates for Condition.wait_for; called with self.mutex held.
+
+    def _has_room(self) -> bool:
+        return self._sealed or not 0 < self.maxsize <= self._qsize()
+
+    def _item_or_seal(self) -> bool:
+        return self._sealed or bool(self._qsize())
+
+    def _work_or_stop(self) -> bool:
+        return self._stopped or self._sealed or bool(self._qsize())
+
+
+__all__ = ["SealableQueue", "Sealed"]

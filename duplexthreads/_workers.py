@@ -1,13 +1,13 @@
 """The worker loops: reader and writer, and the wrapper every worker thread runs in.
 
-Each loop returns a :class:`WorkerExit`; :func:`run_worker` posts exactly one report on the
-done queue from ``finally``, whatever happens, so the owner can always count its workers home.
+Each loop returns a :class:`WorkerExit`; :func:`run_worker` hands exactly one report to the
+exit protocol from ``finally``, whatever happens, so the owner can always count its workers home.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 from ._queues import SealableQueue, Sealed
 from .exceptions import ConnectionClosed, TransportError
@@ -18,24 +18,11 @@ from .transports.base import CloseFrame, PeerClosingError, Transport, WriteError
 MAX_BATCH = 1024
 
 
-class WriterActivity:
-    """Whether the writer may be inside a write; set by the writer, read by an owner.
-
-    A plain attribute, not an Event: nobody waits on it, and reads and writes of one
-    attribute are atomic in CPython, so a lock would only cost memory per connection.
-    """
-
-    __slots__ = ("writing",)
-
-    def __init__(self) -> None:
-        self.writing = False
-
-
 def run_worker(role: str, body: Callable[[], WorkerExit], on_exit: Callable[[WorkerExit], None]) -> None:
     """Thread target: run ``body``, then hand its one report to ``on_exit``, even if it raised.
 
     ``on_exit`` either posts the report on the done queue or, for the first worker to end,
-    runs the owner protocol right here in this thread.
+    runs the owner's part of the protocol right here in this thread.
     """
     report: Optional[WorkerExit] = None
     try:
@@ -71,52 +58,45 @@ def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> Worke
             continue
 
 
-def write_loop(
-    transport: Transport,
-    outbound: SealableQueue[Message],
-    quit: threading.Event,
-    close_request: Callable[[], Optional[Tuple[int, str]]],
-    activity: WriterActivity,
-) -> WorkerExit:
-    """Write what the application queues, in batches, until quit or a graceful close.
+def write_loop(transport: Transport, outbound: SealableQueue[Message], quit: threading.Event) -> WorkerExit:
+    """Write what the application queues, in batches, until the queue is stopped or closed.
 
-    A sealed and empty queue without quit means a graceful close: everything accepted was
-    written, so the writer sends our close frame and ends. With quit set, whatever the writer
-    holds goes back to the owner as ``unwritten``. ``activity.writing`` is True while a write may be under
-    way, so an owner answering a peer's close knows whether the writer can stop at once.
+    A sealed queue that runs dry with ``then_close`` set is a graceful close: everything
+    accepted was written, so the writer sends our close frame and ends. A stopped queue ends
+    the writer at once; what it holds goes back to the owner as ``unwritten``.
+
+    Whatever escapes a write, the count stays exact: a transport raises :class:`WriteError`
+    with the number of messages written once any byte of the batch may be out, and any other
+    exception means none of the batch was written.
     """
     written = 0
     while True:
-        activity.writing = False
         batch: List[Message] = outbound.get_batch(MAX_BATCH)
-        if quit.is_set():
-            return WorkerExit("writer", unwritten=tuple(batch), written=written)
-        # Set only now, past the quit check: an idle writer woken to leave never looks busy.
-        activity.writing = True
         if not batch:
-            request = close_request()
-            if request is None:
+            close = None if outbound.stopped else outbound.then_close
+            if close is None:
                 return WorkerExit("writer", written=written)
             try:
-                transport.send_close(*request)
-            except TransportError as exc:
+                transport.send_close(*close)
+            except BaseException as exc:  # noqa: BLE001 - the report carries it to the owner
                 return WorkerExit("writer", error=exc, written=written)
-            return WorkerExit("writer", close_sent=True, written=written)
+            return WorkerExit("writer", close_sent=close, written=written)
         try:
             transport.send_batch(batch)
         except PeerClosingError as exc:
             # The reader is about to report the peer's close frame and end the connection;
             # let it. Everything from here on goes back unwritten.
             written += exc.written
-            activity.writing = False
+            outbound.batch_done()
             quit.wait()
             return WorkerExit("writer", unwritten=tuple(batch[exc.written :]), written=written)
         except WriteError as exc:
             written += exc.written
             return WorkerExit("writer", error=exc, unwritten=tuple(batch[exc.written :]), written=written)
-        except TransportError as exc:
+        except BaseException as exc:  # noqa: BLE001 - nothing of the batch left: it goes back whole
             return WorkerExit("writer", error=exc, unwritten=tuple(batch), written=written)
         written += len(batch)
+        outbound.batch_done()
 
 
 def extra_worker(role: str, target: Callable[[threading.Event], None], quit: threading.Event) -> WorkerExit:

@@ -8,11 +8,12 @@ connection's messages), and only then waits for them, so the wake-ups and round 
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List
 
-from ._owner import AbortRequest, Owner, _Cause
+from ._protocol import end_all
+from ._rfc6455 import check_close_code, check_close_reason
 from .report import ExitReport
-from .session import Duplex, close_request
+from .session import Duplex
 
 __all__ = ["close_all"]
 
@@ -25,27 +26,13 @@ def close_all(
     Each connection's own ``close_timeout`` bounds its close, and the closes run side by side:
     no connection's close waits for another's to finish. Connections already closed or closing
     are waited for. When this returns, every thread of every connection has exited.
-    Call it from a thread of your own, not from an ``on_message`` callback.
+    Call it from a thread of your own, not from an ``on_message`` callback (``UsageError``).
     """
     conns = list(connections)
     for conn in conns:
         if not isinstance(conn, Duplex):
             raise TypeError(f"close_all() takes Duplex connections, not {type(conn).__name__}")
-    request = AbortRequest() if abort else close_request(code, reason)
-    begun: List[Tuple[Duplex, Owner, Optional[_Cause]]] = []
-    concluded = 0
-    try:
-        for conn in conns:
-            step = conn._begin_ending(request)
-            if step is not None:
-                begun.append((conn, *step))
-        for conn, owner, stopped_for in begun:
-            conn._conclude(owner, stopped_for)
-            concluded += 1
-    finally:
-        # Only after an exception (Ctrl-C, say): the connections this call took over are
-        # still ours to end, and nobody else will.
-        for conn, owner, _ in begun[concluded:]:
-            if not conn.closed:
-                conn._publish(owner.finish(None))
+    check_close_code(code)
+    check_close_reason(reason)
+    end_all([conn._protocol for conn in conns], code, reason, abort=abort)
     return [conn.wait() for conn in conns]

@@ -8,10 +8,15 @@ Everything the library raises on purpose derives from one root::
     │   └── ConnectionClosedError   it ended any other way (error, abort, abnormal code)
     ├── ConnectError (OSError)      opening the connection failed; nothing is left behind
     │   └── HandshakeRejected       the endpoint answered HTTP, but not with a WebSocket upgrade
-    └── TransportError (OSError)    a backend failed while the connection was open
+    ├── TransportError (OSError)    a backend failed while the connection was open
+    │   └── ProtocolError           the peer broke RFC 6455; ``.close_code`` is what we sent it
+    └── UsageError (RuntimeError)   the API was used in a way that cannot work (start twice,
+                                    wait() inside the connection's own thread, recv() with an
+                                    on_message callback, a connection inherited through fork)
 
-Wrong argument types raise the builtin ``TypeError``/``ValueError``, and waits that run out
-raise the builtin ``TimeoutError``, so callers can use the exceptions they already know.
+Wrong argument types and values raise the builtin ``TypeError``/``ValueError`` before any I/O,
+and waits that run out raise the builtin ``TimeoutError``, so callers can use the exceptions
+they already know.
 Exceptions of the backends (websocket-client, simple-websocket, wsproto) are translated at the
 transport boundary and chained with ``from``, so the original is always in ``__cause__``.
 """
@@ -30,7 +35,9 @@ __all__ = [
     "ConnectionClosedOK",
     "DuplexError",
     "HandshakeRejected",
+    "ProtocolError",
     "TransportError",
+    "UsageError",
 ]
 
 
@@ -84,4 +91,27 @@ class TransportError(DuplexError, OSError):
 
     Workers catch it and turn it into the connection's exit report; applications meet it
     as ``report.error``.
+    """
+
+
+class ProtocolError(TransportError):
+    """The peer broke the WebSocket protocol; the connection was failed as RFC 6455 says.
+
+    ``close_code`` is the code of the close frame sent to the peer for it: 1002 (protocol
+    error), 1007 (a text message or close reason that is not UTF-8) or 1009 (a message over
+    the size limit). Nothing of the offending frame is delivered.
+    """
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class UsageError(DuplexError, RuntimeError):
+    """The API was used in a way that cannot work; the connection itself is unharmed.
+
+    For example: ``start()`` twice, ``wait()`` from one of the connection's own threads (it
+    would wait for itself), ``recv()`` on a connection that delivers to ``on_message``,
+    ``add_worker()`` after start, or any use but ``close()`` of a connection inherited by a
+    child process through ``fork()``.
     """

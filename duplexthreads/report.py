@@ -10,16 +10,15 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
-__all__ = ["ABNORMAL_CLOSURE", "ExitReport", "Message", "Reason", "WorkerExit"]
+from ._rfc6455 import ABNORMAL_CLOSURE, NORMAL_CLOSE_CODES
+
+__all__ = ["ExitReport", "Message", "Reason"]
 
 #: A message as the application sees it: text is ``str``, binary is ``bytes``.
 Message = Union[str, bytes]
 
-#: RFC 6455 code for "the connection ended without a close frame"; never sent on the wire.
-ABNORMAL_CLOSURE = 1006
-
-#: Close codes that mean the handshake ended normally.
-NORMAL_CLOSE_CODES = frozenset({1000, 1001})
+#: A close frame's content: (code, reason).
+Close = Tuple[int, str]
 
 
 class Reason(enum.Enum):
@@ -47,9 +46,9 @@ class WorkerExit:
     role: str
     error: Optional[BaseException] = None
     #: Close frame received from the peer (reader only): ``(code, reason)``.
-    peer_close: Optional[Tuple[int, str]] = None
-    #: The writer sent our close frame before it ended.
-    close_sent: bool = False
+    peer_close: Optional[Close] = None
+    #: The close frame the writer sent before it ended, if it sent one.
+    close_sent: Optional[Close] = None
     #: Messages the writer took off the queue but did not write, in order.
     unwritten: Tuple[Message, ...] = ()
     #: How many messages the writer wrote completely to the transport.
@@ -70,8 +69,9 @@ class ExitReport:
     first: str
     reason: Reason
     error: Optional[BaseException] = None
-    #: Code of the close frame that ended the connection (the peer's, or ours for a local close
-    #: the peer did not answer); 1006 when no close frame was exchanged.
+    #: Code of the close frame that ended the connection: the peer's if one arrived (1005 when
+    #: it carried no code), else ours if one left (a close the peer never answered, or a
+    #: protocol error we failed the connection for), else 1006: no close frame was exchanged.
     close_code: int = ABNORMAL_CLOSURE
     close_reason: str = ""
     unsent: Tuple[Message, ...] = ()
@@ -80,10 +80,18 @@ class ExitReport:
     teardown_seconds: float = 0.0
     #: Names of threads that were still alive when teardown gave up waiting (empty if P1 held).
     lingering: Tuple[str, ...] = field(default=())
+    #: The close frame we sent, completely written to the socket, as (code, reason), or None.
+    close_sent: Optional[Close] = None
+    #: The close frame the peer sent, as (code, reason), or None if none arrived.
+    close_received: Optional[Close] = None
 
     @property
     def ok(self) -> bool:
-        """True when the connection ended with a normal close handshake and no error."""
+        """True when the connection ended with a normal close handshake and no error.
+
+        Normal codes are 1000, 1001 and 1005 (a close frame without a code, which is what
+        browsers and Node send from a plain ``close()``).
+        """
         return (
             self.error is None
             and self.reason in (Reason.PEER_CLOSED, Reason.LOCAL_CLOSE)

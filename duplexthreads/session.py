@@ -1,29 +1,26 @@
-"""``Duplex``: one connection run by a reader and a writer that live and die together.
+"""``Duplex``: the public API of one connection run by a reader and a writer.
 
-The application talks to the threads only through queues and events: ``send`` puts on the
-outbound queue, ``recv`` takes from the inbound queue. The owner's role (``_owner.py``) is taken
-by whoever needs it first: the first worker to end, or the thread that calls ``close()`` or
-``abort()``; in ``run()`` the calling thread holds it from the start. Later arrivals post on the
-done queue, which only the owner reads. So no thread waits idle for the end.
+The application talks to the threads only through queues: ``send`` puts on the outbound queue,
+``recv`` takes from the inbound queue. Everything about how the connection ends lives in the
+exit protocol (``_protocol.py``); this class checks arguments and translates what the protocol
+says into the exceptions the API promises.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import queue
 import re
 import threading
-import time
 from types import TracebackType
-from typing import Callable, Dict, Iterator, Optional, Tuple, Type, Union
+from typing import Callable, Iterator, Optional, Tuple, Type, Union
 
-from ._owner import AbortRequest, CloseRequest, Owner, Wiring, _Cause, remaining
-from ._queues import SealableQueue, Sealed
-from ._workers import WriterActivity, extra_worker, read_loop, run_worker, write_loop
-from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from .report import ExitReport, Message, WorkerExit
-from .transports.base import Transport, check_close_code
+from ._deadline import deadline_after, timeout_arg
+from ._protocol import AbortRequest, ExitProtocol, Phase, close_request
+from ._queues import Sealed
+from ._rfc6455 import check_close_code, check_close_reason
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, UsageError
+from .report import ExitReport, Message
+from .transports.base import Transport
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "Duplex"]
 
@@ -39,20 +36,19 @@ _RESERVED_ROLES = frozenset({"reader", "writer", "owner", "backend"})
 _ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    CLOSED = "closed"
-
-
 class Duplex:
     """A WebSocket connection run as a team of threads.
 
     ``transport`` is an open :class:`~duplexthreads.transports.Transport`. Messages arrive through
     ``recv()`` (or iteration), or through ``on_message(message)`` called in the reader thread; an
     exception raised by ``on_message`` ends the connection as a read error. ``max_queue`` bounds
-    both queues, in messages (``None`` for no bound). ``close_timeout`` bounds ``close()``
-    (``None`` waits for the peer forever).
+    both queues, in messages (``None`` for no bound). ``close_timeout`` bounds a graceful
+    ``close()`` (``None`` waits for the peer forever).
+
+    A connection lives until it is closed, even when nothing references it any more: its
+    threads hold it. At interpreter exit, connections still open are closed gracefully
+    (queued messages are sent, then close code 1001), each within its ``close_timeout``;
+    ``close_at_exit=False`` leaves this one to be cut off instead.
     """
 
     def __init__(
@@ -62,46 +58,24 @@ class Duplex:
         on_message: Optional[Callable[[Message], None]] = None,
         max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
         close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
+        close_at_exit: bool = True,
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
-        if max_queue is not None and (not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1):
-            raise ValueError(f"max_queue must be a positive int or None, not {max_queue!r}")
-        close_timeout = timeout_arg(close_timeout, "close_timeout")
-        if on_message is not None and not callable(on_message):
-            raise TypeError("on_message must be callable")
+        check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+        if not isinstance(close_at_exit, bool):
+            raise TypeError(f"close_at_exit must be True or False, not {close_at_exit!r}")
         self.transport = transport
         self.id = transport.connection_id
-        self.close_timeout = close_timeout
-        self._on_message = on_message
-        # Set by the owner alone, once the connection is ending; every worker loop honours it.
-        self._quit = threading.Event()
-        # Application -> writer. Sealed by the owner; what is left in it becomes report.unsent.
-        self._outbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
-        # Reader -> recv(). Sealed after the reader is told to stop; recv() drains it first.
-        self._inbound: SealableQueue[Message] = SealableQueue(max_queue or 0)
-        # Workers post their WorkerExit here unless they became the owner; close()/abort() post
-        # requests here when someone else owns the teardown. Only the owner reads it.
-        self._done: queue.SimpleQueue[object] = queue.SimpleQueue()
-        # Set once the report is published; wait() and close() block on it.
-        self._finished = threading.Event()
-        # Guards _state, _workers, _owner_thread and _close_request against racing callers.
-        self._lock = threading.Lock()
-        self._state = _State.NEW
-        self._workers: Dict[str, threading.Thread] = {}
-        self._extra: Dict[str, Callable[[threading.Event], None]] = {}
-        # A thread started only when close()/abort() cannot run the teardown in the caller.
-        self._owner_thread: Optional[threading.Thread] = None
-        # Whoever sets this first (under _lock) runs the exit protocol: see _claim_or_post.
-        self._owner_claimed = False
-        # True while start()/run() is starting threads: nobody may take the owner's role then,
-        # since the owner joins every worker and some are not started yet.
-        self._launching = False
-        # Set by the writer while it may be inside a write (the owner answering a peer's close
-        # must not wait for a write stuck on a peer that stopped reading).
-        self._writer_activity = WriterActivity()
-        self._close_request: Optional[Tuple[int, str]] = None
-        self._report: Optional[ExitReport] = None
+        self.close_timeout = timeout_arg(close_timeout, "close_timeout")
+        self._receives_by_callback = on_message is not None
+        self._protocol = ExitProtocol(
+            transport,
+            on_message=on_message,
+            max_queue=max_queue,
+            close_timeout=self.close_timeout,
+            close_at_exit=close_at_exit,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -110,7 +84,7 @@ class Duplex:
 
         ``target`` must return promptly once the ``quit`` event it is given is set (wait on it
         with ``quit.wait(interval)``, never ``time.sleep``). If it returns or raises first, the
-        connection ends with reason ``WORKER_EXIT``.
+        connection ends with reason ``WORKER_EXIT``. Raises ``UsageError`` after start.
         """
         if not isinstance(role, str) or not _ROLE_PATTERN.fullmatch(role) or role in _RESERVED_ROLES:
             raise ValueError(
@@ -118,20 +92,17 @@ class Duplex:
             )
         if not callable(target):
             raise TypeError("target must be callable")
-        with self._lock:
-            if self._state is not _State.NEW:
-                raise RuntimeError("add_worker() must be called before start() or run()")
-            if role in self._extra:
-                raise ValueError(f"a worker with role {role!r} was already added")
-            self._extra[role] = target
+        self._protocol.check_usable()
+        self._protocol.add_worker(role, target)
 
     def start(self) -> Duplex:
         """Start the reader and writer (and added workers); return at once (``self``).
 
         No thread waits idle for the end: the first worker to end, or the thread that calls
-        ``close()``/``abort()``, takes the owner's role and runs the teardown.
+        ``close()``/``abort()``, takes the owner's role and runs the teardown. Raises
+        ``UsageError`` if the connection was already started.
         """
-        self._launch(owned_by_caller=False)
+        self._protocol.start()
         return self
 
     def run(self) -> ExitReport:
@@ -140,21 +111,29 @@ class Duplex:
         A ``KeyboardInterrupt`` while waiting aborts the connection, tears it down, then
         propagates.
         """
-        self._launch(owned_by_caller=True)
-        return self._own_here(None)
+        return self._protocol.run()
 
     def close(self, code: int = 1000, reason: str = "", timeout: Optional[float] = None) -> Optional[ExitReport]:
         """Close gracefully and return the report; safe to call twice and from any thread.
 
-        Messages already queued are written first, then the close frame; the peer's answer is
-        awaited for at most ``close_timeout`` in all, then the socket is shut down regardless.
-        ``timeout`` bounds how long this call waits (``TimeoutError``); the teardown goes on
-        regardless. Called from one of the connection's own threads (an ``on_message``
-        callback), it starts the close and returns ``None`` at once, since waiting there would
-        wait for itself. Before ``start()`` there is nothing to flush or hand over: the transport
-        is closed at once, as by ``abort()``.
+        Messages already queued are written first, then the close frame, then the peer's answer
+        is awaited. ``timeout`` bounds this whole close (``None``: the connection's
+        ``close_timeout``; ``float('inf')``: no limit). When it runs out the connection is torn
+        down at once and the report's ``error`` says the handshake did not finish; ``close()``
+        never raises ``TimeoutError``. A second ``close()`` with less time shortens the close
+        under way.
+
+        Called from one of the connection's own threads (an ``on_message`` callback), it starts
+        the close and returns ``None`` at once, since waiting there would wait for itself.
+        Before ``start()`` there is nothing to hand over: the transport is closed at once and
+        anything queued comes back in ``report.unsent``. In a child process that inherited the
+        connection through ``fork()``, it only releases the child's copy of the socket and
+        returns ``None``; the parent's connection is untouched.
         """
-        return self._request_end(close_request(code, reason), timeout_arg(timeout, "timeout"))
+        check_close_code(code)
+        check_close_reason(reason)
+        limit = self.close_timeout if timeout is None else timeout_arg(timeout, "timeout")
+        return self._protocol.request_end(close_request(code, reason, limit))
 
     def abort(self) -> Optional[ExitReport]:
         """End the connection at once, without a close handshake; return the report.
@@ -162,19 +141,17 @@ class Duplex:
         Queued messages are returned in ``report.unsent``. From the connection's own threads it
         returns ``None`` without waiting, like ``close()``.
         """
-        return self._request_end(AbortRequest(), None)
+        return self._protocol.request_end(AbortRequest())
 
     def wait(self, timeout: Optional[float] = None) -> ExitReport:
-        """Block until the connection has ended and every thread of it has exited."""
+        """Block until the connection has ended and every thread of it has exited.
+
+        Raises ``TimeoutError`` if it is still open after ``timeout`` seconds, and
+        ``UsageError`` from one of the connection's own threads (it would wait for itself).
+        """
         timeout = timeout_arg(timeout, "timeout")
-        if self._in_own_thread():
-            raise RuntimeError("wait() called from one of the connection's own threads would wait for itself")
-        deadline = _deadline(timeout)
-        if not self._finished.wait(timeout):
-            raise TimeoutError(f"connection {self.id} still open after {timeout} s")
-        self._join_own_threads(deadline)
-        assert self._report is not None
-        return self._report
+        self._protocol.check_usable()
+        return self._protocol.wait(timeout)
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -182,21 +159,29 @@ class Duplex:
         """Queue ``message`` for the writer: ``str`` as text, bytes-like as binary.
 
         Blocks while the outbound queue is full, up to ``timeout`` (then ``TimeoutError``).
-        Raises ``TypeError`` for anything else, leaving the connection unharmed, and
+        Raises ``TypeError`` for anything else and ``ValueError`` for text that UTF-8 cannot
+        encode (a lone surrogate), leaving the connection unharmed, and
         :class:`ConnectionClosed` once the connection is closing or closed.
         """
-        if isinstance(message, (str, bytes)):
+        if isinstance(message, str):
+            if not message.isascii():
+                check_encodable(message)
             item: Message = message
+        elif isinstance(message, bytes):
+            item = message
         elif isinstance(message, (bytearray, memoryview)):
             item = bytes(message)  # a copy: later changes by the caller must not leak into the frame
         else:
             raise TypeError(f"send() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")
-        timeout = timeout_arg(timeout, "timeout")
-        deadline = _deadline(timeout)
+        protocol = self._protocol
+        if protocol.inherited:
+            protocol.check_usable()
+        if timeout is not None:
+            timeout = timeout_arg(timeout, "timeout")
         try:
-            self._outbound.put(item, timeout=timeout)
+            protocol.outbound.put(item, timeout=timeout)
         except Sealed:
-            raise self._closed_error(deadline) from None
+            raise self._closed_error(deadline_after(timeout)) from None
         except queue.Full:
             raise TimeoutError(f"outbound queue still full after {timeout} s") from None
 
@@ -204,16 +189,20 @@ class Duplex:
         """Return the next message; ``TimeoutError`` after ``timeout`` seconds without one.
 
         Once the connection is closed and every message received before has been returned,
-        raises :class:`ConnectionClosed`.
+        raises :class:`ConnectionClosed`. Raises ``UsageError`` on a connection that delivers
+        its messages to an ``on_message`` callback.
         """
-        if self._on_message is not None:
-            raise RuntimeError("recv() is not available: messages go to the on_message callback")
-        timeout = timeout_arg(timeout, "timeout")
-        deadline = _deadline(timeout)
+        if self._receives_by_callback:
+            raise UsageError("recv() is not available: messages go to the on_message callback")
+        protocol = self._protocol
+        if protocol.inherited:
+            protocol.check_usable()
+        if timeout is not None:
+            timeout = timeout_arg(timeout, "timeout")
         try:
-            return self._inbound.get(timeout=timeout)
+            return protocol.inbound.get(timeout=timeout)
         except Sealed:
-            raise self._closed_error(deadline) from None
+            raise self._closed_error(deadline_after(timeout)) from None
         except queue.Empty:
             raise TimeoutError(f"no message within {timeout} s") from None
 
@@ -230,25 +219,29 @@ class Duplex:
     @property
     def report(self) -> Optional[ExitReport]:
         """The exit report, or ``None`` while the connection is open."""
-        return self._report
+        return self._protocol.report
 
     @property
     def closed(self) -> bool:
         """True once the connection has ended and its threads have been stopped."""
-        return self._finished.is_set()
+        return self._protocol.finished.is_set()
 
     @property
     def subprotocol(self) -> Optional[str]:
         return self.transport.subprotocol
 
+    @property
+    def opened_at(self) -> Tuple[Tuple[str, int, str], ...]:
+        """Where the application opened this connection: (file, line, function), innermost first."""
+        return self._protocol.opened_at
+
     def threads(self) -> Tuple[threading.Thread, ...]:
         """Every thread started for this connection so far, the backend's included."""
-        return self._own_threads() + self.transport.backend_threads()
+        return self._protocol.threads()
 
     def __enter__(self) -> Duplex:
-        with self._lock:
-            new = self._state is _State.NEW
-        return self.start() if new else self
+        self._protocol.check_usable()
+        return self.start() if self._protocol.phase is Phase.NEW else self
 
     def __exit__(
         self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
@@ -256,218 +249,9 @@ class Duplex:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Duplex {self.id} {self.transport.backend} {self._state.value}>"
+        return f"<Duplex {self.id} {self.transport.backend} {self._protocol.phase.value}>"
 
     # -- internals --------------------------------------------------------------------------------------
-
-    def _launch(self, owned_by_caller: bool) -> None:
-        """Start the workers; allowed once. ``owned_by_caller``: run() owns, workers only report."""
-        with self._lock:
-            if self._state is not _State.NEW:
-                raise RuntimeError(f"connection {self.id} was already started")
-            self._state = _State.RUNNING
-            self._owner_claimed = owned_by_caller
-            self._launching = True
-            bodies: Dict[str, Callable[[], WorkerExit]] = {
-                "reader": lambda: read_loop(self.transport, self._deliver),
-                "writer": lambda: write_loop(
-                    self.transport, self._outbound, self._quit, self._get_close_request, self._writer_activity
-                ),
-            }
-            for role, target in self._extra.items():
-                bodies[role] = functools.partial(extra_worker, role, target, self._quit)
-            for role, body in bodies.items():
-                self._workers[role] = threading.Thread(
-                    target=run_worker,
-                    args=(role, body, self._worker_ended),
-                    name=self._thread_name(role),
-                    daemon=True,
-                )
-        try:
-            for thread in self._workers.values():
-                thread.start()
-        except BaseException:
-            # Typically "can't start new thread": stop the ones that did start, then re-raise.
-            with self._lock:
-                for role in [role for role, thread in self._workers.items() if thread.ident is None]:
-                    del self._workers[role]
-                self._launching = False
-                self._owner_claimed = True
-            self._publish(Owner(self._wiring()).finish(None))
-            self._join_own_threads(None)
-            raise
-        with self._lock:
-            self._launching = False
-            # A worker that ended, or a close()/abort() that came, while threads were starting
-            # could not take the owner's role and posted instead: someone must read it.
-            orphaned = not self._owner_claimed and not self._done.empty()
-            if orphaned:
-                self._owner_claimed = True
-        if orphaned:
-            self._start_owner_thread(None)
-
-    def _claim_or_post(self, item: object) -> bool:
-        """Take the owner's role (True), or hand ``item`` to whoever has it or will (False).
-
-        One decision under the lock: a report or request is either handled by the caller as
-        the new owner, or already on the done queue when the lock is released, never lost
-        between the two.
-        """
-        with self._lock:
-            if self._owner_claimed or self._launching:
-                self._done.put(item)
-                return False
-            self._owner_claimed = True
-            return True
-
-    def _worker_ended(self, report: WorkerExit) -> None:
-        """Every worker's last act: report to the owner, or become the owner if it is the first."""
-        if self._claim_or_post(report):
-            self._own_here(report)
-
-    def _request_end(self, request: object, timeout: Optional[float]) -> Optional[ExitReport]:
-        """close()/abort(): run the protocol here if nobody owns it yet, else ask the owner."""
-        if self._tear_down_if_never_started():
-            return self._report
-        in_own_thread = self._in_own_thread()
-        if self._claim_or_post(request):
-            if in_own_thread or timeout is not None:
-                # The protocol cannot run here: in one of our own threads it would wait for
-                # itself, and with a timeout this call must be able to return before it ends.
-                self._start_owner_thread(request)
-            else:
-                return self._own_here(request)
-        if in_own_thread:
-            return None
-        return self.wait(timeout)
-
-    def _start_owner_thread(self, first: object) -> None:
-        """Run the exit protocol, which this thread has claimed, in a thread of its own."""
-        owner = threading.Thread(target=self._own_here, args=(first,), name=self._thread_name("owner"), daemon=True)
-        with self._lock:
-            self._owner_thread = owner
-        try:
-            owner.start()
-        except BaseException as exc:
-            self._publish(Owner(self._wiring()).abandon(exc))
-            raise
-
-    def _own_here(self, first: object) -> ExitReport:
-        """Run the exit protocol in this thread, starting from ``first`` (None: wait for it)."""
-        return self._conclude(Owner(self._wiring()), first=first)
-
-    def _begin_ending(self, request: object) -> Optional[Tuple[Owner, Optional[_Cause]]]:
-        """close_all()'s first half: start ending this connection, without waiting.
-
-        Returns the owner (this thread has taken the role) and the cause it already stopped
-        for (an abort), or None for a close still under way. Returns None instead when there
-        is nothing left to do here: never started (torn down now), or someone else owns the
-        teardown (the request went to them).
-        """
-        if self._in_own_thread():
-            raise RuntimeError("close_all() cannot run in one of the connections' own threads")
-        if self._tear_down_if_never_started():
-            return None
-        if not self._claim_or_post(request):
-            return None
-        owner = Owner(self._wiring())
-        cause = owner.handle(request)
-        if cause is not None:
-            owner.stop(cause)
-        return owner, cause
-
-    def _conclude(self, owner: Owner, stopped_for: Optional[_Cause] = None, first: object = None) -> ExitReport:
-        """Finish the protocol this thread owns and publish the report.
-
-        Whatever happens, a report is published: Ctrl-C while waiting aborts the connection
-        (then propagates), and any other failure inside the protocol, or a second Ctrl-C,
-        ends it with a teardown that cannot block. Otherwise every later close() or wait()
-        would wait for an owner that is gone.
-        """
-        try:
-            cause = stopped_for
-            if cause is None:
-                try:
-                    cause = owner.wait_for_cause(first)
-                except KeyboardInterrupt:
-                    self._publish(owner.finish(None))
-                    raise
-                owner.stop(cause)
-            report = owner.complete(cause)
-            self._publish(report)
-            return report
-        except BaseException as exc:
-            if not self._finished.is_set():
-                self._publish(owner.abandon(exc))
-            raise
-
-    def _join_own_threads(self, deadline: Optional[float]) -> None:
-        """Join this connection's threads, but not those the report names as stuck.
-
-        The others have handed over their report, so joining only waits for them to return.
-        """
-        report = self._report
-        stuck = set(report.lingering) if report is not None else set()
-        current = threading.current_thread()
-        for thread in self._own_threads():
-            if thread is not current and thread.name not in stuck and thread.ident is not None:
-                thread.join(remaining(deadline))
-
-    def _own_threads(self) -> Tuple[threading.Thread, ...]:
-        with self._lock:
-            own = tuple(self._workers.values())
-            if self._owner_thread is not None:
-                own += (self._owner_thread,)
-        return own
-
-    def _wiring(self) -> Wiring:
-        return Wiring(
-            connection_id=self.id,
-            transport=self.transport,
-            quit=self._quit,
-            outbound=self._outbound,
-            inbound=self._inbound,
-            done=self._done,
-            workers=self._workers,
-            close_timeout=self.close_timeout,
-            set_close_request=self._set_close_request,
-            activity=self._writer_activity,
-        )
-
-    def _publish(self, report: ExitReport) -> None:
-        with self._lock:
-            self._report = report
-            self._state = _State.CLOSED
-        self._finished.set()
-
-    def _tear_down_if_never_started(self) -> bool:
-        """close()/abort() before start(): close the transport here; True if that happened."""
-        with self._lock:
-            if self._state is not _State.NEW:
-                return False
-            self._state = _State.RUNNING
-            self._owner_claimed = True
-        # With no workers the owner's protocol still applies: seal, shut down, close once.
-        self._publish(Owner(self._wiring()).finish(None))
-        return True
-
-    def _deliver(self, message: Message) -> None:
-        if self._on_message is not None:
-            self._on_message(message)
-        else:
-            self._inbound.put(message)
-
-    def _get_close_request(self) -> Optional[Tuple[int, str]]:
-        with self._lock:
-            return self._close_request
-
-    def _set_close_request(self, request: Tuple[int, str]) -> None:
-        with self._lock:
-            self._close_request = request
-
-    def _in_own_thread(self) -> bool:
-        current = threading.current_thread()
-        return current in self._workers.values() or current is self._owner_thread
 
     def _closed_error(self, deadline: Optional[float]) -> ConnectionClosed:
         """The exception for send/recv on a closing or closed connection.
@@ -476,15 +260,32 @@ class Duplex:
         does, so that when a loop over recv() ends the connection is gone. In one of the
         connection's own threads, or when the timeout runs out first, there is no report yet.
         """
-        if not self._in_own_thread() and self._finished.wait(remaining(deadline)):
-            self._join_own_threads(deadline)
-        report = self._report
+        report = self._protocol.report_by(deadline)
         if report is not None and report.ok:
             return ConnectionClosedOK(report)
         return ConnectionClosedError(report, None if report is not None else "connection closing")
 
-    def _thread_name(self, role: str) -> str:
-        return f"duplexthreads-{self.id}-{role}"
+
+def check_encodable(text: str) -> None:
+    """Raise ``ValueError`` at the call for text UTF-8 cannot encode, before it is queued."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text message is not encodable as UTF-8 (a lone surrogate?): {exc}") from None
+
+
+def check_session_options(
+    *, on_message: Optional[Callable[[Message], None]], max_queue: Optional[int], close_timeout: Optional[float]
+) -> None:
+    """The options every connection takes, checked before any I/O (connect() calls this first)."""
+    if max_queue is not None:
+        if not isinstance(max_queue, int) or isinstance(max_queue, bool):
+            raise TypeError(f"max_queue must be an int or None, not {type(max_queue).__name__}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1 (or None for no bound), not {max_queue}")
+    timeout_arg(close_timeout, "close_timeout")
+    if on_message is not None and not callable(on_message):
+        raise TypeError(f"on_message must be callable, not {type(on_message).__name__}")
 
 
 def start_session(
@@ -493,41 +294,19 @@ def start_session(
     on_message: Optional[Callable[[Message], None]],
     max_queue: Optional[int],
     close_timeout: Optional[float],
+    close_at_exit: bool = True,
 ) -> Duplex:
     """A started Duplex over a freshly opened transport, which is closed if that fails."""
     try:
-        conn = Duplex(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+        conn = Duplex(
+            transport,
+            on_message=on_message,
+            max_queue=max_queue,
+            close_timeout=close_timeout,
+            close_at_exit=close_at_exit,
+        )
     except BaseException:
         transport.shutdown()
         transport.close(0)
         raise
     return conn.start()  # if a thread cannot start, start() itself tears the transport down
-
-
-def close_request(code: int, reason: str) -> CloseRequest:
-    """A close request, after checking its arguments as a close frame needs them."""
-    check_close_code(code)
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be str, not {type(reason).__name__}")
-    if len(reason.encode("utf-8")) > 123:
-        raise ValueError("close reason must fit in 123 bytes of UTF-8")
-    return CloseRequest(code, reason)
-
-
-def timeout_arg(value: Optional[float], name: str) -> Optional[float]:
-    """A timeout argument checked: seconds >= 0, or None for no limit.
-
-    Values beyond what threading can wait for (``threading.TIMEOUT_MAX``, about 292 years),
-    infinity included, also mean no limit, instead of failing deep inside a wait.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, or None, not {value!r}")
-    if value >= threading.TIMEOUT_MAX:
-        return None
-    return float(value)
-
-
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    return None if timeout is None else time.monotonic() + timeout

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from duplexthreads import ConnectionClosedOK, Duplex, Reason
-from duplexthreads import session as session_module
+from duplexthreads import _protocol as protocol_module
 from duplexthreads.transports import memory_pair
 
 from .peers import MemoryPeer
@@ -46,7 +46,7 @@ def test_a_thread_that_cannot_start_leaves_nothing_behind(monkeypatch: pytest.Mo
                 raise RuntimeError("can't start new thread")
             super().start()
 
-    monkeypatch.setattr(session_module.threading, "Thread", WriterWontStart)
+    monkeypatch.setattr(protocol_module.threading, "Thread", WriterWontStart)
     ours, theirs = memory_pair()
     conn = Duplex(ours)
     with pytest.raises(RuntimeError, match="can't start new thread"):

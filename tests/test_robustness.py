@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import pytest
 
 from duplexthreads import ConnectionClosed, Duplex, Reason
-from duplexthreads import session as session_module
+from duplexthreads import _protocol as protocol_module
 from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
 
 from .peers import MemoryPeer
@@ -27,8 +27,8 @@ class FailingClose(MemoryTransport):
         super().__init__(condition)
         self.error: Optional[BaseException] = error
 
-    def close(self, timeout: Optional[float] = None) -> None:
-        super().close(timeout)
+    def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
+        super().close(timeout, clean=clean)
         error, self.error = self.error, None
         if error is not None:
             raise error
@@ -112,18 +112,18 @@ def test_a_thread_that_cannot_start_after_another_ended(monkeypatch: pytest.Monk
                 reader_done.wait(5 * UNIT)  # let the reader see the close and report first
 
     reader_done = threading.Event()
-    monkeypatch.setattr(session_module.threading, "Thread", ExtraWontStart)
+    monkeypatch.setattr(protocol_module.threading, "Thread", ExtraWontStart)
     ours, theirs = memory_pair()
     theirs.send_close(1000, "already closing")
     conn = Duplex(ours, on_message=None)
     conn.add_worker("extra", lambda quit: quit.wait(10 * UNIT) and None)
-    original = conn._claim_or_post
+    original = protocol_module.ExitProtocol._claim_or_post
 
-    def claim_or_post(item: Any) -> bool:
+    def claim_or_post(self: Any, item: Any) -> bool:
         reader_done.set()
-        return original(item)
+        return original(self, item)
 
-    monkeypatch.setattr(conn, "_claim_or_post", claim_or_post)
+    monkeypatch.setattr(protocol_module.ExitProtocol, "_claim_or_post", claim_or_post)
     with pytest.raises(RuntimeError, match="can't start new thread"):
         conn.start()
     report = conn.wait(timeout=10 * UNIT)

@@ -10,13 +10,12 @@ import os
 import struct
 from typing import Callable, List, Sequence
 
+from .._rfc6455 import MAX_CLOSE_REASON_BYTES, NO_STATUS_CODE
 from ..report import Message
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_CLOSE = 0x8
-OPCODE_PING = 0x9
-OPCODE_PONG = 0xA
 
 _FIN = 0x80
 _MASKED = 0x80
@@ -72,16 +71,16 @@ def encode_messages(messages: Sequence[Message]) -> List[bytes]:
 
 
 def close_payload(code: int, reason: str) -> bytes:
-    """Payload of a close frame; the reason is cut to fit the 125-byte control-frame limit."""
+    """Payload of a close frame; the reason must fit the 125-byte control-frame limit."""
     encoded = reason.encode("utf-8")
-    if len(encoded) > 123:
-        raise ValueError(f"close reason is {len(encoded)} bytes in UTF-8; at most 123 fit")
+    if len(encoded) > MAX_CLOSE_REASON_BYTES:
+        raise ValueError(f"close reason is {len(encoded)} bytes in UTF-8; at most {MAX_CLOSE_REASON_BYTES} fit")
     return struct.pack("!H", code) + encoded
 
 
 def parse_close_payload(payload: bytes) -> tuple[int, str]:
     """``(code, reason)`` of a received close frame; 1005 when it carries no code."""
     if len(payload) < 2:
-        return 1005, ""
+        return NO_STATUS_CODE, ""
     (code,) = struct.unpack("!H", payload[:2])
     return code, payload[2:].decode("utf-8", errors="replace")

@@ -18,7 +18,7 @@ from typing import ClassVar, Optional, Sequence, Tuple, Union
 from ..exceptions import TransportError
 from ..report import Message
 
-__all__ = ["CloseFrame", "PeerClosingError", "Transport", "WriteError", "check_close_code", "new_connection_id"]
+__all__ = ["CloseFrame", "PeerClosingError", "Transport", "WriteError", "new_connection_id", "thread_name"]
 
 # Connection ids are process-wide so that thread names never collide (itertools.count's
 # __next__ is atomic under the GIL).
@@ -28,6 +28,14 @@ _connection_ids = itertools.count(1)
 def new_connection_id() -> int:
     """A process-wide unique id, used in thread names."""
     return next(_connection_ids)
+
+
+def thread_name(connection_id: int, role: str) -> str:
+    """The name of every thread started for a connection, ours and the backend's.
+
+    A leak report then says whose thread it is: ``duplexthreads-<connection id>-<role>``.
+    """
+    return f"duplexthreads-{connection_id}-{role}"
 
 
 @dataclass(frozen=True)
@@ -54,17 +62,6 @@ class PeerClosingError(WriteError):
     """
 
 
-def check_close_code(code: int) -> None:
-    """Raise ``ValueError`` unless ``code`` may be sent in a close frame (RFC 6455, 7.4)."""
-    if not isinstance(code, int) or isinstance(code, bool):
-        raise TypeError(f"close code must be an int, not {type(code).__name__}")
-    if code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014):
-        return
-    if 3000 <= code <= 4999:
-        return
-    raise ValueError(f"close code {code} may not be sent; use 1000-1014 (not 1004-1006) or 3000-4999")
-
-
 class Transport(ABC):
     """One open WebSocket connection, driven by blocking calls from the session's threads."""
 
@@ -89,7 +86,9 @@ class Transport(ABC):
         """Block until a whole message or the peer's close frame arrives.
 
         Called only from the reader thread. Raises :class:`TransportError` on a reset, on end of
-        stream without a close frame, on a protocol violation, and once ``shutdown`` was called.
+        stream without a close frame, and once ``shutdown`` was called; on a protocol violation
+        it raises :class:`~duplexthreads.ProtocolError` with the close code to fail the
+        connection with, having delivered nothing of the offending frame.
         """
 
     @abstractmethod
@@ -97,12 +96,18 @@ class Transport(ABC):
         """Write every message, in order, as one or few writes.
 
         Called only from the writer thread (or the owner once the writer has exited). Raises
-        :class:`WriteError` saying how many messages were written completely.
+        :class:`WriteError` saying how many messages were written completely once any byte
+        may have been written; any other exception means nothing of the batch was written.
         """
 
     @abstractmethod
-    def send_close(self, code: int, reason: str) -> None:
-        """Send our close frame (or the reply to the peer's). Raises :class:`TransportError`."""
+    def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
+        """Send our close frame (or the reply to the peer's). Raises :class:`TransportError`.
+
+        ``timeout`` bounds the write: the owner replies to a peer's close with one, since
+        nothing could wake it from a write to a peer that stopped reading. When it runs out,
+        raise :class:`TransportError`; the frame may then be partly written.
+        """
 
     @abstractmethod
     def shutdown(self) -> None:
@@ -113,11 +118,23 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
         """Release the socket and any backend thread, waiting for them up to ``timeout``.
 
-        Called exactly once by the owner after ``shutdown`` and after the workers have exited.
+        Called exactly once by the owner after the workers have exited. ``clean`` means the
+        close handshake completed and ``shutdown`` was not called: a client then lets the
+        server close TCP first (RFC 6455, 7.1.1), within ``timeout``, and no transport may
+        reset the connection (closing a socket with unread bytes sends RST: read them first).
         """
+
+    def forget(self) -> None:
+        """Release this process's descriptor without touching the connection.
+
+        Called in a child process on a transport inherited through ``fork()``: the
+        connection belongs to the parent, so nothing may be sent or shut down. Transports
+        without a descriptor (the memory transport) have nothing to release.
+        """
+        return None
 
     def backend_threads(self) -> Tuple[threading.Thread, ...]:
         """Threads the backend itself runs for this connection (they must be gone after close)."""

@@ -78,8 +78,8 @@ class MemoryTransport(Transport):
     def send_batch(self, messages: Sequence[Message]) -> None:
         self._deliver(list(messages))
 
-    def send_close(self, code: int, reason: str) -> None:
-        self._deliver([CloseFrame(code, reason)])
+    def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
+        self._deliver([CloseFrame(code, reason)], timeout)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -88,7 +88,7 @@ class MemoryTransport(Transport):
             self.peer._eof = True
             self._cond.notify_all()
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
         with self._cond:
             self.close_calls += 1
             self._closed = True
@@ -143,11 +143,6 @@ class MemoryTransport(Transport):
     def closed(self) -> bool:
         return self._closed
 
-    def pending(self) -> Tuple[Item, ...]:
-        """What has arrived and was not read yet."""
-        with self._cond:
-            return tuple(self._inbox)
-
     # -- internals --------------------------------------------------------------------------------
 
     def _raise_if_broken(self, written: Optional[int] = None) -> None:
@@ -162,14 +157,17 @@ class MemoryTransport(Transport):
                 raise WriteError("connection reset by peer", written) from self._reset
             raise TransportError("connection reset by peer") from self._reset
 
-    def _deliver(self, items: list) -> None:  # type: ignore[type-arg]
+    def _deliver(self, items: list, timeout: Optional[float] = None) -> None:  # type: ignore[type-arg]
         with self._cond:
             if self._write_delay:
                 # The delay is a fault injected into the transport; shutdown still cuts it short.
                 self._cond.wait_for(lambda: self._shut or self._reset is not None, self._write_delay)
             self._raise_if_broken(written=0)
-            while self._writes_hang:
-                self._cond.wait()
+            if self._writes_hang:
+                # Like a write into a full TCP window: only shutdown or reset ends it.
+                broken = lambda: self._shut or self._closed or self._reset is not None  # noqa: E731
+                if not self._cond.wait_for(broken, timeout):
+                    raise WriteError("write timed out: the peer is not reading", 0)
                 self._raise_if_broken(written=0)
             if self._write_fault is not None:
                 if len(items) <= self._write_fault_after:

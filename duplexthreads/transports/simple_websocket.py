@@ -39,7 +39,7 @@ from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
 from . import _framing
 from ._sockets import BorrowedSocket, shutdown_quietly, write_frames
-from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id
+from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id, thread_name
 
 __all__ = ["SimpleWebSocketTransport"]
 
@@ -108,7 +108,7 @@ class _GuardedSocket(BorrowedSocket):
 
 def _thread_factory(connection_id: int) -> ThreadFactory:
     def make(*args: Any, **kwargs: Any) -> threading.Thread:
-        kwargs.setdefault("name", f"duplexthreads-{connection_id}-backend")
+        kwargs.setdefault("name", thread_name(connection_id, "backend"))
         kwargs.setdefault("daemon", True)
         return threading.Thread(*args, **kwargs)
 
@@ -160,6 +160,20 @@ class SimpleWebSocketTransport(Transport):
         self._frames_ourselves = isinstance(ws, _Client)
         guard.buffered = lambda: len(ws.input_buffer)
         self._shut = False
+        # The peer's close frame as wsproto parsed it. simple-websocket's server side loses the
+        # code of a close frame that answers ours (its own reply to it fails first), so we
+        # note every close event on its way to simple-websocket.
+        self._peer_close: Optional[Tuple[int, str]] = None
+        protocol = ws.ws
+        parse_events = protocol.events
+
+        def noting_close_events() -> Any:
+            for event in parse_events():
+                if isinstance(event, CloseConnection):
+                    self._peer_close = (event.code, event.reason or "")
+                yield event
+
+        protocol.events = noting_close_events
 
     @classmethod
     def connect(
@@ -278,6 +292,8 @@ class SimpleWebSocketTransport(Transport):
             # the close frame (the server side answers by itself); it ends right after. Wait for
             # it, or shutdown() could cut that answer off.
             self._ws.thread.join(_BACKEND_EXIT_TIMEOUT)
+            if self._peer_close is not None:
+                return CloseFrame(*self._peer_close)
             return CloseFrame(int(exc.reason), exc.message or "")
         self._guard.message_taken()
         if data is None:  # receive() only returns None when it times out; ours has no timeout
@@ -308,7 +324,7 @@ class SimpleWebSocketTransport(Transport):
                 raise WriteError(f"cannot send: {exc!r}", len(frames)) from exc
             write_frames(self._guard.raw, frames)
 
-    def send_close(self, code: int, reason: str) -> None:
+    def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         protocol = self._ws.ws
         with self._guard.write_lock:
             # The server side of simple-websocket answers a peer's close frame by itself.
@@ -328,10 +344,14 @@ class SimpleWebSocketTransport(Transport):
         self._ws.connected = False
         self._ws.event.set()
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
         thread = self._ws.thread
         if thread is not threading.current_thread():
             thread.join(timeout)
+        self._guard.raw.close()
+
+    def forget(self) -> None:
+        # Closing our descriptor only drops this process's reference: no FIN, no shutdown.
         self._guard.raw.close()
 
     def backend_threads(self) -> Tuple[threading.Thread, ...]:

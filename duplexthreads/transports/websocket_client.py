@@ -131,7 +131,7 @@ class WebSocketClientTransport(Transport):
         with self._ws.lock:
             write_frames(self._sock, frames)
 
-    def send_close(self, code: int, reason: str) -> None:
+    def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         key = os.urandom(4)
         frame = _framing.encode_frame(_framing.OPCODE_CLOSE, _framing.close_payload(code, reason), key)
         with self._ws.lock:
@@ -140,7 +140,11 @@ class WebSocketClientTransport(Transport):
     def shutdown(self) -> None:
         shutdown_quietly(self._sock)
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
         # websocket-client's shutdown() closes ws.sock and marks it disconnected, without I/O.
         self._ws.shutdown()
+        self._sock.close()
+
+    def forget(self) -> None:
+        # Closing our descriptor only drops this process's reference: no FIN, no shutdown.
         self._sock.close()

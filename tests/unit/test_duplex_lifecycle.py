@@ -48,8 +48,9 @@ def test_constructor_rejects_what_is_not_a_transport(transport: Any) -> None:
     [
         ({"max_queue": 0}, ValueError),
         ({"max_queue": -1}, ValueError),
-        ({"max_queue": 2.5}, ValueError),
-        ({"max_queue": "10"}, ValueError),
+        ({"max_queue": 2.5}, TypeError),
+        ({"max_queue": "10"}, TypeError),
+        ({"close_timeout": "1"}, TypeError),
         ({"close_timeout": -0.1}, ValueError),
         ({"close_timeout": float("nan")}, ValueError),
         ({"on_message": "print"}, TypeError),
@@ -66,7 +67,7 @@ def test_constructor_rejects_bad_options(options: Any, error: type) -> None:
 @pytest.mark.parametrize("options", [{"max_queue": True}, {"close_timeout": True}])
 def test_constructor_rejects_bools_for_numbers(options: Any) -> None:
     ours, _ = memory_pair()
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         Duplex(ours, **options)
 
 
