@@ -9,33 +9,33 @@ Each entry of :data:`VIOLATIONS` names one way to break RFC 6455 and the close c
 endpoint must fail the connection with: 1002 (protocol error) or 1007 (data inconsistent with
 the message type, that is, text that is not UTF-8).
 
-=============================  ====  =============================================================
-name                           code  bytes sent
-=============================  ====  =============================================================
-``invalid-utf8``               1007  a final text frame whose payload is not UTF-8
-``invalid-utf8-fragment``      1007  a first, non-final text fragment that already holds a byte
-                                     (0xFF) no UTF-8 sequence can contain; the message is never
-                                     finished, so only a receiver that checks each fragment fails
-``reserved-opcode``            1002  a final frame with the reserved data opcode 0x3
-``reserved-control-opcode``    1002  a final frame with the reserved control opcode 0xB
-``rsv-bits``                   1002  a text frame with RSV1 set, no extension negotiated
-``orphan-continuation``        1002  a continuation frame while no message is open
-``unfinished-message-then-new``1002  a non-final text frame, then a new text frame (not a
-                                     continuation) while that message is open
-``long-ping``                  1002  a ping with 126 bytes of payload (control frames carry <= 125)
-``fragmented-ping``            1002  a ping with FIN clear
-``fragmented-close``           1002  a close frame (code 1000) with FIN clear
-``masked-frame``               1002  a masked text frame from a server (server role only)
-``unmasked-frame``             1002  an unmasked text frame from a client (client role only)
-``bad-close-code``             1002  a close frame with code 1005, which is never sent
-``bad-close-code-999``         1002  ... with code 999 (below the range of defined codes)
-``bad-close-code-1004``        1002  ... with code 1004 (reserved)
-``bad-close-code-1006``        1002  ... with code 1006 (never sent)
-``bad-close-code-1015``        1002  ... with code 1015 (never sent)
-``bad-close-code-5000``        1002  ... with code 5000 (above 4999)
-``short-close``                1002  a close frame with a 1-byte payload
-``close-reason-not-utf8``      1007  a close frame, code 1000, whose reason is not UTF-8
-=============================  ====  =============================================================
+===============================  ====  ===========================================================
+name                             code  bytes sent
+===============================  ====  ===========================================================
+``invalid-utf8``                 1007  a final text frame whose payload is not UTF-8
+``invalid-utf8-fragment``        1007  a first, non-final text fragment that already holds a byte
+                                       (0xFF) no UTF-8 sequence can contain; the message is never
+                                       finished, so only a receiver that checks each fragment fails
+``reserved-opcode``              1002  a final frame with the reserved data opcode 0x3
+``reserved-control-opcode``      1002  a final frame with the reserved control opcode 0xB
+``rsv-bits``                     1002  a text frame with RSV1 set, no extension negotiated
+``orphan-continuation``          1002  a continuation frame while no message is open
+``unfinished-message-then-new``  1002  a non-final text frame, then a new text frame (not a
+                                       continuation) while that message is open
+``long-ping``                    1002  a ping with 126 bytes of payload (control frames carry <= 125)
+``fragmented-ping``              1002  a ping with FIN clear
+``fragmented-close``             1002  a close frame (code 1000) with FIN clear
+``masked-frame``                 1002  a masked text frame from a server (server role only)
+``unmasked-frame``               1002  an unmasked text frame from a client (client role only)
+``bad-close-code``               1002  a close frame with code 1005, which is never sent
+``bad-close-code-999``           1002  ... with code 999 (below the range of defined codes)
+``bad-close-code-1004``          1002  ... with code 1004 (reserved)
+``bad-close-code-1006``          1002  ... with code 1006 (never sent)
+``bad-close-code-1015``          1002  ... with code 1015 (never sent)
+``bad-close-code-5000``          1002  ... with code 5000 (above 4999)
+``short-close``                  1002  a close frame with a 1-byte payload
+``close-reason-not-utf8``        1007  a close frame, code 1000, whose reason is not UTF-8
+===============================  ====  ===========================================================
 
 In the client role every frame but ``unmasked-frame`` is masked, so that each violation breaks
 one rule only.
