@@ -77,10 +77,142 @@ fixture is torn down. Request it first so that it also covers the other fixtures
     def test_client_cleans_up(leak_check, echo_server):
         run_my_client(echo_server.url)
         leak_check.max_rss_growth_kib = 5_000    # the check is live: tighten it as you go
+
+The scripted peer
+-----------------
+:class:`ScriptedPeer` is a WebSocket server on loopback (127.0.0.1, a free port) that does what
+the test tells it, including what no well-behaved server does. It is serving once the
+constructor returns. Each client it accepts becomes a :class:`PeerConnection`, handed out by
+``next_connection()`` in the order the clients were accepted::
+
+    from duplexthreads.testing import VIOLATIONS, ScriptedPeer
+
+    with ScriptedPeer(echo=True) as peer:
+        client = MyClient(peer.url)                     # "ws://127.0.0.1:PORT/"
+        remote = peer.next_connection(timeout=5)
+        client.send("hi")
+        assert remote.wait_messages(1) == ["hi"]
+        remote.violate("invalid-utf8")
+        # A conforming client fails the connection with the code RFC 6455 asks for, 1007 here:
+        assert remote.wait_close_frame()[0] == VIOLATIONS["invalid-utf8"]
+        assert remote.wait_ended() and remote.ended_by == "eof"
+
+The options apply to every connection the peer accepts:
+
+``echo=True``
+    Send every message back, with its type. ``drop_every=N`` discards every Nth message
+    instead (recorded in ``dropped``), for applications that must cope with loss.
+``silent=True``
+    Never answer a close frame or a ping, and keep reading, so the client's writes never block.
+``stop_reading=True``
+    Read nothing after the handshake: the client's writes block once the TCP window is full.
+``greeting=[...]``, ``close_after_greeting=(code, reason)``
+    Messages sent right after the handshake, then a close frame (code None: empty payload).
+    With ``greeting_with_handshake=True`` (the default) they go out in the same write, and on
+    loopback in the same TCP segment, as the 101 response: a client must not lose a message
+    that arrives together with the handshake's answer.
+``reject=404``
+    Answer the upgrade with that status and a short text body, then end TCP.
+``trickle_handshake=0.5``
+    Send the 101 response one byte every 0.5 s: does the client's open timeout bound the
+    whole opening, or only each read? ``close()`` interrupts the trickle.
+``strict_host=True``
+    Answer 400 unless the Host header is what RFC 7230 (5.4) asks for the URL: the host,
+    IPv6 literals in brackets, plus ``:port`` unless it is the scheme's default.
+``subprotocols=("chat",)``
+    Accept the first subprotocol the client offers that is in this list.
+``timeout=10.0``
+    Bound on every wait without a timeout of its own: ``next_connection()`` and the waits by
+    default, a send to a client that stopped reading, the opening handshake, the wait for the
+    client to end TCP after the close handshake, each call to the child process.
+
+A :class:`PeerConnection` sends ``send(message)`` (str: text, bytes: binary),
+``send_fragmented(message, fragment_size)`` (cut at any byte, even inside a UTF-8 sequence),
+``send_raw(data)`` (anything; :func:`encode_frame` builds frames, valid or not),
+``ping(payload)``, ``close(code=1000, reason="")`` (``close(None)``: an empty close payload,
+as browsers send), and ``violate(name)``. It ends TCP with ``reset()`` (RST: ``SO_LINGER`` 0)
+or ``drop()`` (FIN, no close frame); ``stop_reading()``, ``resume_reading()`` and
+``go_silent()`` change its behaviour from then on. After a close handshake the server ends TCP
+first (RFC 6455, 7.1.1) and reads on until the client ends its side. Pings are answered and
+close frames returned unless the connection is silent. A client that breaks the protocol is
+sent a close frame with code 1002 or 1007 (see ``protocol_errors``).
+
+What it saw: ``received`` (whole messages), ``dropped``, ``close_frames`` ((code, reason) pairs,
+code None for an empty payload), ``pongs``, ``protocol_errors``, ``request_target``,
+``request_headers`` (names spelled as sent), ``response_status``, ``subprotocol``,
+``handshake_error``, ``ended`` and ``ended_by``: how TCP ended as seen from the peer,
+``"eof"`` (the client's FIN), ``"reset"`` (the client's RST), ``"peer"`` (the peer ended it
+first: ``reset()``, ``drop()``, closing the peer, or a client that never ended TCP after the
+close handshake), or None while open. ``unread_at_close`` counts the bytes the client sent that
+were never read when the socket closed; when it is above 0 the kernel answered with RST.
+The waits, ``wait_messages(count)``, ``wait_close_frame()``, ``wait_pongs(count)`` and
+``wait_ended()``, raise ``TimeoutError`` saying what did come, and ``ConnectionError`` if the
+connection ended first. Controls that write raise ``ConnectionError`` once it has ended.
+
+``VIOLATIONS`` maps each violation to the close code RFC 6455 says the receiver must fail the
+connection with:
+
+=============================== ==== ===========================================================
+``invalid-utf8``                1007 a text frame that is not UTF-8
+``invalid-utf8-fragment``       1007 a first, non-final text fragment holding 0xFF; the message
+                                     never ends, so only a receiver checking each fragment fails
+``reserved-opcode``             1002 a frame with opcode 0x3
+``reserved-control-opcode``     1002 a frame with opcode 0xB
+``rsv-bits``                    1002 a text frame with RSV1 set, no extension negotiated
+``orphan-continuation``         1002 a continuation frame with no message open
+``unfinished-message-then-new`` 1002 a non-final text frame, then a new text frame
+``long-ping``                   1002 a ping with 126 bytes of payload
+``fragmented-ping``             1002 a ping with FIN clear
+``fragmented-close``            1002 a close frame with FIN clear
+``masked-frame``                1002 a masked frame from a server (server role only)
+``unmasked-frame``              1002 an unmasked frame from a client (client role only)
+``bad-close-code``              1002 a close frame with code 1005; ``bad-close-code-999``,
+                                     ``-1004``, ``-1006``, ``-1015`` and ``-5000`` likewise
+``short-close``                 1002 a close frame with a 1-byte payload
+``close-reason-not-utf8``       1007 a close frame whose reason is not UTF-8
+=============================== ==== ===========================================================
+
+:class:`ScriptedClient` is the same connection in the client role, for testing a server such as
+``duplexthreads.accept()`` in a WSGI app. It masks its frames (``violate("unmasked-frame")``
+does not). Entering it connects, and its ``connection`` attribute is the
+:class:`PeerConnection`. A refused upgrade raises :class:`HandshakeRefused`, a
+``ConnectionError`` with the ``status`` and ``body`` of the answer::
+
+    with ScriptedClient(f"ws://127.0.0.1:{port}/ws", headers={"X-Token": "t"}) as client:
+        client.connection.send_fragmented("hello", 2)
+        client.connection.violate("unmasked-frame")
+        assert client.connection.wait_close_frame()[0] == 1002
+
+``isolated=True`` (the default, for both) runs the peer in a child process, so that a leak check
+of the test process never counts the peer's sockets and threads as the code under test's:
+the test process holds only two pipes to it. Calls are forwarded over the pipes as JSON lines,
+and several threads may call at once. A call costs a few tenths of a millisecond and starting
+the child about 0.15 s, so share one peer through a fixture of module or session scope where
+the options allow. The child exits when the peer is closed, or when the test process dies.
+What a connection recorded can still be read after the peer is closed, in both modes.
+``isolated=False`` runs the same code in threads of the test process, named
+``scripted-peer-*``: controls are then plain calls, which suits benchmarks that time a trigger.
+``close()`` ends every connection without a close frame and waits, bounded, until the threads or
+the child are gone.
 """
 
 from __future__ import annotations
 
+from ._handshake import HandshakeRefused
 from ._leaks import LeakCheck, LeakError, open_fds, os_threads, rss_kib
+from ._peer import PeerConnection, ScriptedClient, ScriptedPeer
+from ._wire import VIOLATIONS, encode_frame
 
-__all__ = ["LeakCheck", "LeakError", "open_fds", "os_threads", "rss_kib"]
+__all__ = [
+    "VIOLATIONS",
+    "HandshakeRefused",
+    "LeakCheck",
+    "LeakError",
+    "PeerConnection",
+    "ScriptedClient",
+    "ScriptedPeer",
+    "encode_frame",
+    "open_fds",
+    "os_threads",
+    "rss_kib",
+]
