@@ -26,6 +26,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 
 from duplexthreads.exceptions import TransportError
 from duplexthreads.transports import CloseFrame, MemoryTransport
@@ -112,8 +113,9 @@ class MemoryPeer(PeerBase):
     def send(self, message: Msg) -> None:
         self.end.send_batch([message])
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        self.end.send_close(code, reason)
+    def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
+        """Send a close frame; ``None`` sends one without a status code (reported as 1005)."""
+        self.end.send_close(1005 if code is None else code, reason)
 
     def reset(self) -> None:
         self.end.reset()
@@ -237,9 +239,11 @@ class RawPeer(PeerBase):
         with self.write_lock:
             self.sock.sendall(self.ws.send(event))
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
+        """Send a close frame; ``None`` sends one without a status code (reported as 1005)."""
+        event = CloseConnection(code=CloseReason.NO_STATUS_RCVD) if code is None else CloseConnection(code, reason)
         with self.write_lock:
-            self.sock.sendall(self.ws.send(CloseConnection(code=code, reason=reason)))
+            self.sock.sendall(self.ws.send(event))
 
     def send_garbage(self) -> None:
         """A frame with the reserved opcode 0x3: every conforming endpoint must fail on it."""

@@ -252,6 +252,8 @@ def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: List[
     assert report.reason is Reason.LOCAL_CLOSE and not report.ok
     assert isinstance(report.error, (TimeoutError, TransportError))
     assert report.unsent, "messages stuck behind the blocked write come back"
+    # Our close frame never left (it was queued behind the stuck write): the code says so.
+    assert report.close_sent is None and report.close_code == 1006
     assert_torn_down(pair.conn)
     assert list(sent[: report.written]) + list(report.unsent) == sent
 
@@ -266,6 +268,68 @@ def test_close_against_a_silent_peer_is_bounded(opened: List[Endpoints], kind: s
     assert report.reason is Reason.LOCAL_CLOSE
     assert isinstance(report.error, TimeoutError)
     assert pair.peer.wait_close_frame()[0] == 1000
+    assert_torn_down(pair.conn)
+
+
+def test_close_timeout_bounds_the_close_itself(opened: List[Endpoints], kind: str) -> None:
+    """close(timeout=t) ends the connection within t, whatever close_timeout says, and
+    returns the report instead of raising: its error says the handshake did not finish."""
+    pair = open_pair(opened, kind, close_timeout=30 * UNIT)
+    pair.peer.silent = True
+    started = time.monotonic()
+    report = pair.conn.close(timeout=0.2 * UNIT)
+    assert time.monotonic() - started < 0.2 * UNIT + 2 * UNIT
+    assert report is not None and report.reason is Reason.LOCAL_CLOSE and not report.ok
+    assert isinstance(report.error, TimeoutError) and "did not finish" in str(report.error)
+    assert report.close_sent == (1000, "") and report.close_received is None
+    assert pair.peer.wait_close_frame() == (1000, "")
+    assert_torn_down(pair.conn)
+
+
+def test_a_shorter_second_close_shortens_the_close_under_way(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind, close_timeout=30 * UNIT)
+    pair.peer.silent = True
+    first: List[Any] = []
+    patient = threading.Thread(target=lambda: first.append(pair.conn.close(4000, "first")))
+    patient.start()
+    try:
+        assert pair.peer.wait_close_frame() == (4000, "first")
+        started = time.monotonic()
+        report = pair.conn.close(timeout=0.1 * UNIT)
+        assert time.monotonic() - started < 0.1 * UNIT + 2 * UNIT
+    finally:
+        patient.join(10 * UNIT)
+    assert first == [report] and report is not None
+    assert isinstance(report.error, TimeoutError) and report.close_sent == (4000, "first")
+    assert_torn_down(pair.conn)
+
+
+def test_a_close_frame_without_a_code_is_a_normal_close(opened: List[Endpoints], kind: str) -> None:
+    """What browsers and Node send from a plain close(): no status code, reported as 1005."""
+    pair = open_pair(opened, kind)
+    pair.peer.send("last words")
+    pair.peer.close(None)
+    assert list(pair.conn) == ["last words"]  # ends quietly, not with ConnectionClosedError
+    report = pair.conn.wait(10 * UNIT)
+    assert report.ok and report.reason is Reason.PEER_CLOSED
+    assert (report.close_code, report.close_received) == (1005, (1005, ""))
+    assert_torn_down(pair.conn)
+
+
+def test_text_utf8_cannot_encode_is_refused_at_the_call(opened: List[Endpoints], kind: str) -> None:
+    pair = open_pair(opened, kind)
+    sent = numbered(50)
+    for message in sent:
+        pair.conn.send(message)
+    for bad in ("bad\ud800", "\udfff", "ok é then \udc80"):
+        with pytest.raises(ValueError, match="UTF-8"):
+            pair.conn.send(bad)
+    pair.conn.send("after")
+    sent.append("after")
+    report = pair.conn.close()
+    assert report is not None and report.ok and report.error is None
+    assert report.written == len(sent) and report.unsent == ()
+    assert pair.peer.wait_messages(len(sent)) == sent
     assert_torn_down(pair.conn)
 
 

@@ -1,0 +1,192 @@
+"""The exit protocol as a state machine, and the races its structure rules out."""
+
+from __future__ import annotations
+
+import threading
+from typing import List, Sequence
+
+import pytest
+
+from duplexthreads import ConnectionClosedOK, Duplex, DuplexError, Reason, UsageError
+from duplexthreads._protocol import TRANSITIONS, ExitProtocol, IllegalTransition, Phase
+from duplexthreads.report import Message
+from duplexthreads.transports import memory_pair
+
+from .support import WAIT, MakePair, memory_transport
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def fresh_protocol() -> ExitProtocol:
+    ours, _ = memory_pair()
+    return ExitProtocol(ours, on_message=None, max_queue=None, close_timeout=None)
+
+
+ALL_MOVES = [(source, target) for source in Phase for target in Phase]
+
+
+@pytest.mark.parametrize(("source", "target"), ALL_MOVES, ids=[f"{s.value}->{t.value}" for s, t in ALL_MOVES])
+def test_the_transition_table_is_enforced(source: Phase, target: Phase) -> None:
+    protocol = fresh_protocol()
+    protocol._phase = source
+    with protocol._lock:
+        if target in TRANSITIONS[source]:
+            protocol._enter(target)
+            assert protocol.phase is target
+        else:
+            with pytest.raises(IllegalTransition, match=f"{source.value} -> {target.value}"):
+                protocol._enter(target)
+            assert protocol.phase is source
+    protocol._phase = Phase.CLOSED  # nothing was started; keep the registry from closing it at exit
+    protocol.transport.close()
+
+
+def test_every_phase_is_reachable_and_closed_is_final() -> None:
+    reachable = {Phase.NEW}
+    frontier = [Phase.NEW]
+    while frontier:
+        for target in TRANSITIONS[frontier.pop()]:
+            if target not in reachable:
+                reachable.add(target)
+                frontier.append(target)
+    assert reachable == set(Phase)
+    assert TRANSITIONS[Phase.CLOSED] == frozenset()
+    assert all(Phase.ENDING in TRANSITIONS[p] for p in Phase if p not in (Phase.OPEN, Phase.ENDING, Phase.CLOSED))
+
+
+def test_a_connection_walks_the_phases_of_a_graceful_close(make_pair: MakePair) -> None:
+    conn, _peer = make_pair()
+    protocol = conn._protocol
+    assert protocol.phase is Phase.NEW
+    conn.start()
+    assert protocol.phase is Phase.OPEN
+    report = conn.close()
+    assert report is not None and report.ok
+    assert protocol.phase is Phase.CLOSED
+
+
+def test_misuse_raises_usage_error_and_leaves_the_connection_working(make_pair: MakePair) -> None:
+    conn, peer = make_pair()
+    conn.start()
+    with pytest.raises(UsageError, match="already started"):
+        conn.start()
+    with pytest.raises(UsageError, match="before start"):
+        conn.add_worker("late", lambda quit: None)
+    conn.send("still fine")
+    assert peer.wait_messages(1) == ["still fine"]
+    assert issubclass(UsageError, DuplexError) and issubclass(UsageError, RuntimeError)
+    report = conn.close()
+    assert report is not None and report.ok
+
+
+def test_recv_on_a_callback_connection_is_a_usage_error(make_pair: MakePair) -> None:
+    got: List[Message] = []
+    conn, _peer = make_pair(on_message=got.append)
+    conn.start()
+    with pytest.raises(UsageError, match="on_message"):
+        conn.recv(timeout=WAIT)
+    conn.close()
+
+
+def test_wait_inside_the_connections_own_thread_is_a_usage_error(make_pair: MakePair) -> None:
+    errors: List[BaseException] = []
+    holder: List[Duplex] = []
+
+    def on_message(message: Message) -> None:
+        try:
+            holder[0].wait(timeout=WAIT)
+        except UsageError as exc:
+            errors.append(exc)
+
+    conn, peer = make_pair(on_message=on_message)
+    holder.append(conn)
+    conn.start()
+    peer.send("wake the callback")
+    peer.close(1000)
+    report = conn.wait(WAIT)
+    assert report.ok and len(errors) == 1 and "wait for itself" in str(errors[0])
+
+
+def test_an_owner_answering_a_peer_close_never_waits_behind_a_write_that_may_be_stuck(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer has taken a batch (and so is marked busy, under the queue's lock) but has not
+    begun writing when the peer's close arrives; its write then meets a peer that stopped
+    reading. The owner must see that the writer is busy, not reply behind it, and shut the
+    transport down at once: the report comes within a wake-up, not after the 2 s backstop."""
+    conn, peer = make_pair()
+    ours = memory_transport(conn)
+    took_batch = threading.Event()
+    original_send_batch = ours.send_batch
+
+    def send_batch_after_the_owner_has_stopped_us(messages: Sequence[Message]) -> None:
+        took_batch.set()
+        assert conn._protocol.quit.wait(WAIT), "the owner never set quit"
+        original_send_batch(messages)  # blocks: the peer stopped reading; only shutdown ends it
+
+    monkeypatch.setattr(ours, "send_batch", send_batch_after_the_owner_has_stopped_us)
+    peer.stop_reading()
+    conn.start()
+    conn.send("taken, not yet written")
+    assert took_batch.wait(WAIT)
+    ours.peer.send_close(1000, "bye")  # straight onto the wire: the peer's reader is not needed
+    report = conn.wait(timeout=1.0)  # the old race made this take the 2 s backstop
+    assert report.reason is Reason.PEER_CLOSED and report.close_code == 1000
+    assert report.written == 0 and report.unsent == ("taken, not yet written",)
+    assert report.close_sent is None  # no reply behind a write that may be stuck
+
+
+def test_any_exception_out_of_a_write_keeps_the_count_exact(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, peer = make_pair()
+    ours = memory_transport(conn)
+    original_send_batch = ours.send_batch
+    batches: List[int] = []
+
+    def fails_on_the_third_batch(messages: Sequence[Message]) -> None:
+        batches.append(len(messages))
+        if len(batches) == 3:
+            raise RuntimeError("a bug below the writer, before any byte went out")
+        original_send_batch(messages)
+
+    monkeypatch.setattr(ours, "send_batch", fails_on_the_third_batch)
+    conn.start()
+    sent = ["m0", "m1", "m2"]
+    for count, message in enumerate(sent[:2], start=1):
+        conn.send(message)
+        peer.wait_messages(count)  # one batch each
+    conn.send(sent[2])
+    report = conn.wait(WAIT)
+    assert report.reason is Reason.WRITE_ERROR and isinstance(report.error, RuntimeError)
+    assert (report.written, report.unsent) == (2, ("m2",))
+    assert peer.messages == sent[:2]
+
+
+def test_messages_queued_before_start_come_back_when_closed_before_start(make_pair: MakePair) -> None:
+    conn, _peer = make_pair()
+    conn.send("queued")
+    report = conn.close()
+    assert report is not None and report.reason is Reason.ABORTED
+    assert report.unsent == ("queued",) and report.written == 0
+    with pytest.raises(UsageError):
+        conn.start()
+
+
+def test_a_peer_close_without_status_reads_as_normal(make_pair: MakePair) -> None:
+    conn, peer = make_pair()
+    conn.start()
+    memory_transport(conn).peer.send_close(1005, "")
+    with pytest.raises(ConnectionClosedOK):
+        conn.recv(timeout=WAIT)
+    assert conn.report is not None and conn.report.close_received == (1005, "")
+    assert peer.wait_close_frame()[0] == 1000  # our answer carries a code
+
+
+def test_close_frame_fields_record_what_was_exchanged(make_pair: MakePair) -> None:
+    conn, peer = make_pair()
+    conn.start()
+    report = conn.close(4001, "done")
+    assert report is not None
+    assert report.close_sent == (4001, "done") and report.close_received == (4001, "done")
+    assert peer.close_frames == [(4001, "done")]
