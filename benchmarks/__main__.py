@@ -1,24 +1,25 @@
 """``python -m benchmarks``: run every benchmark section, print a table each, write one JSON file.
 
-    python -m benchmarks                       full run (about 6-10 minutes on 2 cores)
-    python -m benchmarks --quick               short run (under 2 minutes)
+    python -m benchmarks                       full run (about 10-15 minutes on 2 cores)
+    python -m benchmarks --quick               short run (about 3-4 minutes)
     python -m benchmarks --only idle,scale     a subset, in SECTIONS order
     python -m benchmarks --check BASE.json     also compare with a saved run; exit 1 on a regression
     python -m benchmarks --write-baseline BASE.json
 
 Sections are the modules named in :data:`SECTIONS`, each following the interface in
 ``_metrics.py`` (``NAME``, ``measure``, ``format_table``, ``metrics``). A module that does not
-exist yet or fails to import is skipped with a "section not available" line, so sections can be
-written in parallel.
+exist yet or fails to import is reported with a "section not available" line and the run goes
+on; ``--check`` then fails, naming the section.
 
 Each section runs in a child process of its own (``python -m benchmarks --child NAME``), with
 its time cap (:data:`CAPS`) plus a grace period, after which the child is killed. That keeps
 sections from disturbing one another (a thread or a few MB left by one do not show up in the
 next one's idle or memory figures), and lets the run finish whatever a section does: a section
-that raises, hangs or crashes is reported and the run goes on. The parent formats the tables
-and collects the metrics from the child's JSON result. The JSON file holds, beside every
-section's result and metrics, the machine's description, the git commit measured and the load
-average before and after each section.
+that raises, hangs or crashes is reported and the run goes on. The child runs the section
+under a leak check (``_trials.measure_checked``); the parent formats the tables and collects
+the metrics, with the two leftover metrics every section gets, from the child's JSON result.
+The JSON file holds, beside every section's result and metrics, the machine's description, the
+git commit measured and the load average before and after each section.
 """
 
 from __future__ import annotations
@@ -40,18 +41,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import duplexthreads
 
 from . import check
-from ._harness import leftover_threads, load_average, machine_info
+from ._metrics import leftover_metrics
+from ._resources import load_average, machine_info
+from ._trials import leftover_line, measure_checked
 
 #: Every section, in the order they run. Modules that are not there yet are skipped.
 SECTIONS = ("throughput", "teardown_paths", "idle", "scale", "naive", "soak")
 #: Seconds each section may take: (full run, quick run). Their sums bound a run's length.
 CAPS: Dict[str, Tuple[float, float]] = {
-    "throughput": (180.0, 45.0),
+    "throughput": (180.0, 60.0),
     "teardown_paths": (150.0, 45.0),
     "idle": (100.0, 40.0),
-    "scale": (240.0, 50.0),
+    "scale": (420.0, 120.0),
     "naive": (90.0, 15.0),
-    "soak": (120.0, 20.0),
+    "soak": (180.0, 30.0),
 }
 DEFAULT_CAP = (90.0, 20.0)
 #: Seconds past its cap before a section's process is killed.
@@ -92,11 +95,10 @@ def run_child(name: str, quick: bool, cap: float, result_file: str) -> int:
         module = load_section(name)
         if isinstance(module, str):
             raise RuntimeError(module)
-        outcome["result"] = module.measure(quick, cap)
+        outcome["result"] = measure_checked(module.measure, quick, cap)
     except BaseException:  # noqa: BLE001 - reported to the parent, which goes on
         outcome["error"] = traceback.format_exc()
     outcome["seconds"] = time.monotonic() - started
-    outcome["leftover_threads"] = leftover_threads()
     Path(result_file).write_text(json.dumps(outcome, default=str))
     return 0
 
@@ -130,12 +132,7 @@ def run_section(name: str, module: ModuleType, quick: bool) -> Dict[str, Any]:
             except (OSError, ValueError) as exc:
                 entry["error"] = f"no result from the section's process (exit code {child.returncode}): {exc!r}"
             else:
-                entry.update(
-                    result=outcome["result"],
-                    error=outcome["error"],
-                    leftover_threads=outcome["leftover_threads"],
-                    measure_seconds=outcome["seconds"],
-                )
+                entry.update(result=outcome["result"], error=outcome["error"], measure_seconds=outcome["seconds"])
                 if outcome["error"] is None:
                     entry["status"] = OK
     entry["seconds"] = time.monotonic() - started
@@ -143,7 +140,8 @@ def run_section(name: str, module: ModuleType, quick: bool) -> Dict[str, Any]:
     if entry["status"] == OK:
         try:
             entry["table"] = module.format_table(entry["result"])
-            entry["metrics"] = [metric.to_json() for metric in module.metrics(entry["result"])]
+            found = module.metrics(entry["result"]) + leftover_metrics(name, entry["result"])
+            entry["metrics"] = [metric.to_json() for metric in found]
         except Exception:  # noqa: BLE001 - the result is kept; the failure is reported
             entry["status"] = FAILED
             entry["error"] = "formatting the result failed:\n" + traceback.format_exc()
@@ -171,8 +169,8 @@ def print_section(name: str, entry: Dict[str, Any]) -> None:
         print(entry["table"])
     if entry.get("error"):
         print(f"SECTION {entry['status'].upper()}: {entry['error'].rstrip()}")
-    if entry.get("leftover_threads"):
-        print(f"threads the section left running: {entry['leftover_threads']}")
+    if entry.get("result"):
+        print(leftover_line(entry["result"]))
     print(
         f"({entry['status']}; {entry.get('seconds', 0.0):.1f} s of a {entry['cap_seconds']:g} s cap; "
         f"load average {entry['load_average_start']} -> {entry['load_average_end']})"
@@ -192,7 +190,7 @@ def selected(only: Optional[str]) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 3-4 minutes)")
     parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run these sections only: {', '.join(SECTIONS)}")
     parser.add_argument("--json", metavar="PATH", default=str(DEFAULT_JSON), help="where to write the results")
     parser.add_argument("--check", metavar="BASELINE", help="compare the metrics with BASELINE; exit 1 on a regression")

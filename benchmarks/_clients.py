@@ -1,67 +1,351 @@
-"""The clients the benchmarks compare, each opened with its library's defaults.
+"""The clients the benchmarks measure, one :class:`Client` each, used as their documentation shows.
 
-``open_conn(client, url)`` returns a :class:`Conn`, the few calls the send and echo loops need,
-for each of:
+``open_client(name, url)`` opens one connection of:
 
 - ``duplexthreads (websocket-client)`` and ``duplexthreads (simple-websocket)``: ``connect``;
-- ``websocket-client loop``: ``websocket.create_connection``, ``send_binary``, ``recv``;
-- ``websocket-client WebSocketApp``: ``run_forever`` in a thread of its own, ``send`` from the
-  caller's thread, messages handed over by ``on_message`` through a ``queue.Queue``;
-- ``simple-websocket Client``: ``send`` and ``receive`` (its reading thread asked to be a daemon,
-  so that a stuck one cannot keep the interpreter alive);
-- ``websockets sync client``: ``send`` and ``recv``.
+- ``websocket-client``: ``websocket.create_connection``; ``send_binary`` and ``recv``;
+- ``WebSocketApp``: websocket-client's ``run_forever`` in a thread of its own, ``send`` from the
+  caller's thread, messages handed over by ``on_message``;
+- ``simple-websocket``: ``simple_websocket.Client``; ``send`` and ``receive``;
+- ``websockets sync``: websockets' sync client; ``send`` and ``recv``.
 
-WebSocketApp's thread sometimes outlives ``close()`` by its 10 s select timeout
-(../shared/FACTS.md). Closing one here waits a moment for it, then hands it to
-:data:`LINGERING`, which the section joins (bounded) at the end of a phase and reports, so
-that a lingering thread neither stalls a timed round nor goes unnoticed.
+Each library is used with its defaults. ``reader=True`` adds the reader thread an application
+runs to receive while its main thread does something else (each class shows its loop); what it
+receives goes to ``recv()``. Without it, ``recv()`` is the library's own receive call, made
+from the caller's thread: the send and echo loops measure the library, not a queue of ours.
+
+Every Client lists the threads started for it (``threads``: the library's, read from its
+source, and our reader), can be killed from any thread without blocking (``kill``:
+``shutdown(SHUT_RDWR)`` on its socket, which wakes every blocked call) and can be waited for
+(``finish``). WebSocketApp's thread sometimes outlives ``close()`` by its 10 s select timeout
+(../shared/FACTS.md): :func:`settle` hands such threads to :data:`LINGERING`, which a section
+joins (bounded) before it ends, so that they neither stall a timed round nor go unnoticed.
 """
 
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import simple_websocket
 import websocket
+from websockets.exceptions import ConnectionClosed as WebsocketsClosed
 from websockets.sync.client import connect as websockets_connect
 
 import duplexthreads
-
-from ._harness import IO_TIMEOUT, BenchError, shutdown_socket
-
-Message = Union[str, bytes]
+from duplexthreads import ExitReport, Message
 
 DT_WSC = "duplexthreads (websocket-client)"
 DT_SWS = "duplexthreads (simple-websocket)"
-WSC = "websocket-client loop"
-WSA = "websocket-client WebSocketApp"
-SWS = "simple-websocket Client"
-WSS = "websockets sync client"
+WSC = "websocket-client"
+WSA = "WebSocketApp"
+SWS = "simple-websocket"
+WSS = "websockets sync"
 #: duplexthreads' clients, with the backend each uses.
 BACKENDS = {DT_WSC: "websocket-client", DT_SWS: "simple-websocket"}
-PEER_CLIENTS = (WSC, WSA, SWS, WSS)
-CLIENTS = (DT_WSC, DT_SWS, *PEER_CLIENTS)
+PEERS = (WSC, WSA, SWS, WSS)
+CLIENTS = (DT_WSC, DT_SWS, *PEERS)
+#: Short names for metric ids.
+SLUGS = {
+    DT_WSC: "duplexthreads-wsc",
+    DT_SWS: "duplexthreads-sws",
+    WSC: "websocket-client",
+    WSA: "websocketapp",
+    SWS: "simple-websocket",
+    WSS: "websockets",
+}
 
-#: How long closing a WebSocketApp waits for its thread before handing it to LINGERING.
-APP_JOIN_TIMEOUT = 1.0
+#: Longest any single blocking call of a client may take (opening, a receive, a close).
+IO_TIMEOUT = 10.0
+#: How long settle() waits for a client's threads before handing them to LINGERING.
+SETTLE_TIMEOUT = 1.0
 
 
-@dataclass
-class Conn:
-    """One open client connection, reduced to what the benchmark loops need."""
+class BenchError(Exception):
+    """A connection could not be opened or driven as the benchmark needs."""
 
-    send: Callable[[Any], object]
-    #: Next message; ``None`` (simple-websocket) or an exception after IO_TIMEOUT.
-    recv: Callable[[], Optional[Message]]
-    #: Wake every call blocked on the connection at once; safe from another thread, never blocks.
-    kill: Callable[[], None]
-    #: Close gracefully, bounded in time; raises BenchError if that did not go cleanly.
-    close: Callable[[], None]
+
+def shutdown_socket(sock: Optional[socket.socket]) -> None:
+    """``shutdown(SHUT_RDWR)``: wakes every thread blocked on the socket; tolerates a closed one."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # already shut down or closed
+
+
+class Client:
+    """One open connection of one library (see the module docstring)."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        #: Send one binary message: the library's own call, bound once, so loops pay nothing extra.
+        self.send: Callable[[bytes], object] = self._unsupported
+        #: Next message, waiting at most IO_TIMEOUT (simple-websocket returns None then).
+        self.recv: Callable[[], Optional[Message]] = self._unsupported
+        self.sock: Optional[socket.socket] = None
+        #: Every thread started for this connection.
+        self.threads: List[threading.Thread] = []
+        # What the reader thread received, for recv() (reader=True only).
+        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+
+    def _unsupported(self, *args: Any) -> Any:
+        raise BenchError(f"{self.name} does not do this here")
+
+    def close(self) -> None:
+        """Close as the library's users do; waits no longer than the library itself does."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise BenchError(f"{self.name} has no abort()")
+
+    def kill(self) -> None:
+        """Wake every call blocked on the connection; safe from another thread, never blocks."""
+        shutdown_socket(self.sock)
+
+    def finish(self, timeout: float) -> List[str]:
+        """Wait (bounded) until every thread of the connection has exited; the names still alive."""
+        return [thread.name for thread in join_all(self.threads, time.monotonic() + timeout)]
+
+    def provoke_write_error(self) -> None:
+        """Shut our own socket for writing, then send: the next write fails with EPIPE, while the
+        peer stays connected (it sees end of stream)."""
+        assert self.sock is not None
+        self.sock.shutdown(socket.SHUT_WR)
+        self.send(b"x")
+
+    def close_problem(self) -> Optional[str]:
+        """What was wrong with how the connection ended, once it has (duplexthreads only)."""
+        return None
+
+    def _start_reader(self, loop: Callable[[], None], label: str) -> None:
+        reader = threading.Thread(target=loop, name=f"bench-{label}-reader", daemon=True)
+        self.threads.append(reader)
+        reader.start()
+
+    def _inbox_recv(self) -> Message:
+        return self.inbox.get(timeout=IO_TIMEOUT)
+
+
+class DuplexClient(Client):
+    """``duplexthreads.connect``; ``finish`` is ``wait()``, which joins every thread."""
+
+    def __init__(
+        self,
+        url: str,
+        backend: str,
+        close_timeout: float = duplexthreads.DEFAULT_CLOSE_TIMEOUT,
+        on_message: Optional[Callable[[Message], None]] = None,
+    ) -> None:
+        super().__init__()
+        self.name = next(name for name, value in BACKENDS.items() if value == backend)
+        self.conn = duplexthreads.connect(
+            url, backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout, on_message=on_message
+        )
+        self.send = self.conn.send
+        self.recv = partial(self.conn.recv, timeout=IO_TIMEOUT)
+        self.sock = self.conn.transport.raw_socket  # type: ignore[attr-defined]
+        self.threads = list(self.conn.threads())
+        self.report: Optional[ExitReport] = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def abort(self) -> None:
+        self.conn.abort()
+
+    def kill(self) -> None:
+        self.conn.transport.shutdown()
+
+    def finish(self, timeout: float) -> List[str]:
+        try:
+            self.report = self.conn.wait(timeout)
+        except TimeoutError:
+            pass
+        return [thread.name for thread in self.threads if thread.is_alive()]
+
+    def close_problem(self) -> Optional[str]:
+        report = self.conn.report
+        if report is None or not report.ok or report.lingering:
+            return report.describe() if report else "no exit report"
+        return None
+
+
+class PlainClient(Client):
+    """websocket-client's ``WebSocket``; reader: ``while ws.connected: ws.recv()``, then ``ws.close()``."""
+
+    name = WSC
+
+    def __init__(self, url: str, reader: bool) -> None:
+        super().__init__()
+        self.ws: Any = websocket.create_connection(url, timeout=IO_TIMEOUT)
+        self.sock = self.ws.sock
+        self.send = self.ws.send_binary
+        self.recv = self.ws.recv
+        if reader:
+            self.ws.settimeout(None)  # the timeout above bounds the handshake only
+            self.recv = self._inbox_recv
+            self._start_reader(self._read, "wsc")
+
+    def _read(self) -> None:
+        try:
+            while self.ws.connected:
+                self.inbox.put(self.ws.recv())
+        except Exception:  # noqa: BLE001 - how an application's reader loop ends
+            pass
+        finally:
+            self.ws.close()
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class AppClient(Client):
+    """websocket-client's ``WebSocketApp``: ``run_forever()`` in a thread, ``close()`` to end."""
+
+    name = WSA
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        # Set by on_open, or by on_error/on_close if the connection fails first.
+        opened = threading.Event()
+        errors: List[BaseException] = []
+        inbox = self.inbox  # not self in the callbacks: a cycle would keep the socket open until gc
+
+        def on_error(app: Any, error: BaseException) -> None:
+            errors.append(error)
+            opened.set()
+
+        self.app: Any = websocket.WebSocketApp(
+            url,
+            on_open=lambda app: opened.set(),
+            on_message=lambda app, message: inbox.put(message),
+            on_error=on_error,
+            on_close=lambda app, code, reason: opened.set(),
+        )
+        thread = threading.Thread(target=self.app.run_forever, name="bench-websocketapp", daemon=True)
+        self.threads = [thread]
+        thread.start()
+        if not opened.wait(IO_TIMEOUT) or errors or self.app.sock is None:
+            self.kill()
+            thread.join(IO_TIMEOUT)
+            raise BenchError(f"WebSocketApp did not open: {errors[:1]!r}")
+        self.sock = self.app.sock.sock
+        self.send = partial(self.app.send, opcode=websocket.ABNF.OPCODE_BINARY)
+        self.recv = self._inbox_recv
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class SimpleClient(Client):
+    """``simple_websocket.Client``; reader: ``ws.receive()`` until ``ConnectionClosed``."""
+
+    name = SWS
+
+    def __init__(self, url: str, reader: bool) -> None:
+        super().__init__()
+        # Its reading thread a daemon, so that a stuck one cannot keep the interpreter alive.
+        self.ws = simple_websocket.Client.connect(
+            url, thread_class=partial(threading.Thread, daemon=True, name="bench-simple-websocket")
+        )
+        self.sock = self.ws.sock
+        self.threads = [self.ws.thread]
+        self.send = self.ws.send
+        self.recv = partial(self.ws.receive, timeout=IO_TIMEOUT)
+        if reader:
+            self.recv = self._inbox_recv
+            self._start_reader(self._read, "sws")
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.inbox.put(self.ws.receive())
+        except simple_websocket.ConnectionClosed:
+            pass
+
+    def close(self) -> None:
+        self.ws.close()  # sends the close frame; its thread ends when the server's answer arrives
+
+
+class WebsocketsClient(Client):
+    """websockets' sync client; reader: ``for message in ws``."""
+
+    name = WSS
+
+    def __init__(self, url: str, reader: bool, keepalive: bool) -> None:
+        super().__init__()
+        # Only this client pings by default (every 20 s, from a thread of its own).
+        pings: Dict[str, Any] = {} if keepalive else {"ping_interval": None}
+        self.ws = websockets_connect(url, open_timeout=IO_TIMEOUT, legacy=True, **pings)
+        self.sock = self.ws.socket
+        keepalive_thread = getattr(self.ws, "keepalive_thread", None)
+        self.threads = [self.ws.recv_events_thread, *([keepalive_thread] if keepalive_thread else [])]
+        self.send = self.ws.send
+        self.recv = partial(self.ws.recv, timeout=IO_TIMEOUT)
+        if reader:
+            self.recv = self._inbox_recv
+            self._start_reader(self._read, "wss")
+
+    def _read(self) -> None:
+        try:
+            for message in self.ws:
+                self.inbox.put(message)
+        except WebsocketsClosed:
+            pass
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def open_client(
+    name: str,
+    url: str,
+    *,
+    reader: bool = False,
+    keepalive: bool = True,
+    close_timeout: float = duplexthreads.DEFAULT_CLOSE_TIMEOUT,
+    on_message: Optional[Callable[[Message], None]] = None,
+) -> Client:
+    """Open one connection of client ``name`` (one of :data:`CLIENTS`) to ``url``.
+
+    ``reader``: the peers get an application's reader thread (duplexthreads and WebSocketApp
+    always receive in threads of their own). ``keepalive=False`` turns websockets' client pings
+    off. ``close_timeout`` and ``on_message`` are duplexthreads' options.
+    """
+    if name in BACKENDS:
+        return DuplexClient(url, BACKENDS[name], close_timeout, on_message)
+    if name == WSC:
+        return PlainClient(url, reader)
+    if name == WSA:
+        return AppClient(url)
+    if name == SWS:
+        return SimpleClient(url, reader)
+    if name == WSS:
+        return WebsocketsClient(url, reader, keepalive)
+    raise ValueError(f"unknown client {name!r}")
+
+
+def join_all(threads: List[threading.Thread], deadline: float) -> List[threading.Thread]:
+    """Join each thread until ``deadline`` (``time.monotonic``); return those still alive."""
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in threads if thread.is_alive()]
+
+
+def close_after_failure(client: Client) -> None:
+    """Tear a connection down after an error, whatever state it is in."""
+    client.kill()
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - the round's own error is the one to report
+        pass
 
 
 class Lingering:
@@ -72,201 +356,37 @@ class Lingering:
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
 
-    def add(self, thread: threading.Thread) -> None:
+    def add(self, threads: List[threading.Thread]) -> None:
         with self._lock:
-            self._threads.append(thread)
+            self._threads.extend(threads)
 
     def reap(self, timeout: float) -> Tuple[int, int]:
         """Join them all within ``timeout`` s; return (how many lingered past close(), still alive)."""
         with self._lock:
             threads, self._threads = self._threads, []
-        if not threads:
-            return 0, 0
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [t for t in threads if t.is_alive()]
-        if alive:
-            with self._lock:
-                self._threads.extend(alive)
+        alive = join_all(threads, time.monotonic() + timeout)
+        self.add(alive)
         return len(threads), len(alive)
 
 
-#: WebSocketApp threads still running after their connection was closed.
+#: Threads still running after their connection was closed and settled.
 LINGERING = Lingering()
 
 
-class AppClient:
-    """A ``websocket.WebSocketApp`` run the way its documentation shows: run_forever in a thread."""
-
-    def __init__(self, url: str, thread_name: str = "bench-websocketapp") -> None:
-        # Messages from on_message (run_forever's thread) to whoever calls recv().
-        self.inbox: queue.Queue[Message] = queue.Queue()
-        # Set by on_open, or by on_error/on_close if the connection fails first.
-        self._opened = threading.Event()
-        self._error: Optional[BaseException] = None
-        self.app: Any = websocket.WebSocketApp(
-            url,
-            on_open=lambda app: self._opened.set(),
-            on_message=lambda app, message: self.inbox.put(message),
-            on_error=self._on_error,
-            on_close=lambda app, code, reason: self._opened.set(),
-        )
-        self.thread = threading.Thread(target=self.app.run_forever, name=thread_name, daemon=True)
-        self.thread.start()
-        if not self._opened.wait(IO_TIMEOUT) or self._error is not None or self.app.sock is None:
-            self.kill()
-            self.thread.join(IO_TIMEOUT)
-            raise BenchError(f"WebSocketApp did not open: {self._error!r}")
-
-    def _on_error(self, app: Any, error: BaseException) -> None:
-        self._error = error
-        self._opened.set()
-
-    def send(self, data: bytes) -> None:
-        self.app.send(data, websocket.ABNF.OPCODE_BINARY)
-
-    def recv(self) -> Message:
-        return self.inbox.get(timeout=IO_TIMEOUT)
-
-    def kill(self) -> None:
-        ws = self.app.sock
-        shutdown_socket(None if ws is None else ws.sock)
-
-    def close(self, join_timeout: float = APP_JOIN_TIMEOUT) -> None:
-        """close() as its users call it; a thread still alive after ``join_timeout`` goes to LINGERING."""
-        self.app.close()
-        self.thread.join(join_timeout)
-        if self.thread.is_alive():
-            LINGERING.add(self.thread)
-
-
-def open_conn(client: str, url: str) -> Conn:
-    """Open one connection of ``client`` to ``url``."""
-    if client in BACKENDS:
-        dconn = duplexthreads.connect(url, backend=BACKENDS[client], open_timeout=IO_TIMEOUT)
-        return Conn(
-            dconn.send, partial(dconn.recv, timeout=IO_TIMEOUT), dconn.transport.shutdown, partial(close_duplex, dconn)
-        )
-    if client == WSC:
-        wsc = websocket.create_connection(url, timeout=IO_TIMEOUT)
-        return Conn(wsc.send_binary, wsc.recv, partial(shutdown_socket, wsc.sock), wsc.close)
-    if client == WSA:
-        app = AppClient(url)
-        return Conn(app.send, app.recv, app.kill, app.close)
-    if client == SWS:
-        sws = simple_websocket.Client.connect(
-            url, thread_class=partial(threading.Thread, daemon=True, name="bench-simple-websocket")
-        )
-        return Conn(
-            sws.send,
-            partial(sws.receive, timeout=IO_TIMEOUT),
-            partial(shutdown_socket, sws.sock),
-            partial(close_simple_websocket, sws),
-        )
-    if client == WSS:
-        wss = websockets_connect(url, open_timeout=IO_TIMEOUT, close_timeout=IO_TIMEOUT, legacy=True)
-        return Conn(wss.send, partial(wss.recv, timeout=IO_TIMEOUT), partial(shutdown_socket, wss.socket), wss.close)
-    raise ValueError(f"unknown client {client!r}")
-
-
-def close_duplex(conn: duplexthreads.Duplex) -> None:
-    report = conn.close(timeout=IO_TIMEOUT)
-    if report is None or not report.ok or report.lingering:
-        raise BenchError(f"duplexthreads close: {report.describe() if report else 'no report'}")
-
-
-def close_simple_websocket(ws: Any) -> None:
-    ws.close()  # sends the close frame; its thread ends when the server's answer arrives
-    ws.thread.join(IO_TIMEOUT)
-    if ws.thread.is_alive():
-        raise BenchError("simple-websocket's thread outlived close() by 30 s")
-
-
-def close_after_failure(conn: Conn) -> None:
-    """Tear a connection down after an error, whatever state it is in."""
-    conn.kill()
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - the round's own error is the one to report
-        pass
-
-
-# -- connections held open (idle, scale) -----------------------------------------------------------
-
-WSC_READER = "websocket-client + reader thread"
-#: The clients the idle and scale sections hold open: duplexthreads with both backends and
-#: every peer. The plain websocket-client loop gets a reader thread blocked in recv(), the
-#: usual way to receive while the main thread does something else.
-HELD_CLIENTS = (DT_WSC, DT_SWS, SWS, WSS, WSC_READER, WSA)
-
-
-@dataclass
-class Held:
-    """One connection held open, with the calls a section needs to end it."""
-
-    #: End it the way its library's users do: graceful close() (duplexthreads: Duplex.close()).
-    #: It does not wait for the library's threads beyond what the library itself does.
-    close: Callable[[], object]
-    #: shutdown(SHUT_RDWR) on its socket: wakes everything blocked on it; never blocks.
-    kill: Callable[[], None]
-    #: The threads started for it (for duplexthreads: Duplex.threads()).
-    threads: Callable[[], List[threading.Thread]]
-    #: duplexthreads only: abort().
-    abort: Optional[Callable[[], object]] = None
-    #: duplexthreads only: the connection itself, for duplexthreads.close_all().
-    duplex: Optional[duplexthreads.Duplex] = None
-
-
-def open_held(client: str, url: str, keepalive: bool = True) -> Held:
-    """Open one connection of ``client`` and leave it idle; ``keepalive=False`` turns client pings off.
-
-    Only websockets' sync client pings by default (every 20 s, in a thread of its own); the
-    others have no keepalive unless asked.
-    """
-    if client in BACKENDS:
-        dconn = duplexthreads.connect(url, backend=BACKENDS[client], open_timeout=IO_TIMEOUT)
-        return Held(dconn.close, dconn.transport.shutdown, lambda: list(dconn.threads()), dconn.abort, dconn)
-    if client == WSA:
-        app = AppClient(url, thread_name="bench-websocketapp")
-        return Held(app.app.close, app.kill, lambda: [app.thread])
-    if client == SWS:
-        sws = simple_websocket.Client.connect(
-            url, thread_class=partial(threading.Thread, daemon=True, name="bench-simple-websocket")
-        )
-        return Held(sws.close, partial(shutdown_socket, sws.sock), lambda: [sws.thread])
-    if client == WSS:
-        options: Dict[str, Any] = {} if keepalive else {"ping_interval": None}
-        wss = websockets_connect(url, open_timeout=IO_TIMEOUT, legacy=True, **options)
-        threads = [t for t in (wss.recv_events_thread, getattr(wss, "keepalive_thread", None)) if t is not None]
-        return Held(wss.close, partial(shutdown_socket, wss.socket), lambda: threads)
-    if client == WSC_READER:
-        return ReaderClient(url).held()
-    raise ValueError(f"unknown client {client!r}")
-
-
-class ReaderClient:
-    """A plain ``websocket.WebSocket`` whose reader thread is blocked in ``recv()``."""
-
-    def __init__(self, url: str) -> None:
-        self.ws: Any = websocket.create_connection(url, timeout=IO_TIMEOUT)
-        sock: Any = self.ws.sock
-        sock.settimeout(None)  # as with create_connection(url): block, no timeout polling
-        self.thread = threading.Thread(target=self._read, name="bench-wsc-reader", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
+def settle(clients: List[Client], timeout: float = SETTLE_TIMEOUT) -> List[str]:
+    """Close each client as its users do, give all their threads ``timeout`` s, hand the rest to
+    LINGERING; return what went wrong (a duplexthreads close must end cleanly)."""
+    problems: List[str] = []
+    for client in clients:
         try:
-            while self.ws.recv():
-                pass
-        except (websocket.WebSocketException, OSError):
-            pass  # closed or shut down: the reader's job is over
-
-    def close(self) -> None:
-        """websocket-client's close() would wait on the lock the reader holds: shut down, join, close."""
-        shutdown_socket(self.ws.sock)
-        self.thread.join(IO_TIMEOUT)
-        self.ws.shutdown()
-
-    def held(self) -> Held:
-        return Held(self.close, partial(shutdown_socket, self.ws.sock), lambda: [self.thread])
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - one bad close must not leave the others open
+            problems.append(f"{client.name} close(): {exc!r}")
+            client.kill()
+    deadline = time.monotonic() + timeout
+    for client in clients:
+        LINGERING.add(join_all(client.threads, deadline))
+        problem = client.close_problem()
+        if problem is not None:
+            problems.append(f"{client.name} close(): {problem}")
+    return problems

@@ -1,7 +1,7 @@
 """The soak's cycles: open a connection, exchange messages, inject one fault, check the end.
 
 ``memory_cycle`` runs over ``memory_pair()`` with a peer thread on the far end;
-``loopback_cycle`` runs ``duplexthreads.connect`` against the scripted server of ``_faults.py``.
+``loopback_cycle`` runs ``duplexthreads.connect`` against ``duplexthreads.testing.ScriptedPeer``.
 Both return a :class:`Cycle` whose ``problems`` list what did not hold (see ``soak.py``).
 """
 
@@ -17,9 +17,11 @@ import duplexthreads
 from duplexthreads import ConnectionClosed, Duplex, ExitReport, Reason
 from duplexthreads.exceptions import TransportError
 from duplexthreads.report import Message
+from duplexthreads.testing import PeerConnection, ScriptedPeer
 from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
 
-from ._faults import IO_TIMEOUT, PEER_THREAD_PREFIX, PeerServer
+from ._clients import IO_TIMEOUT
+from ._servers import discard_pending, end_connection, park_reader
 
 #: Bound on every wait of a cycle: the report, a receive, the peer's end.
 CYCLE_TIMEOUT = 5.0
@@ -141,7 +143,7 @@ class MemoryPeer:
         self.received: List[Message] = []
         # True once this side sent its own close frame: the next one is the answer, not a request.
         self.closing = False
-        self.thread = threading.Thread(target=self._read, name=f"{PEER_THREAD_PREFIX}-memory", daemon=True)
+        self.thread = threading.Thread(target=self._read, name="bench-memory-peer", daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
@@ -248,36 +250,40 @@ def inject_memory_fault(
 # -- (b) loopback -------------------------------------------------------------------------------------
 
 
-def loopback_cycle(rng: random.Random, fault: str, backend: str, server: PeerServer) -> Cycle:
+def loopback_cycle(rng: random.Random, fault: str, backend: str, peer: ScriptedPeer) -> Cycle:
     cycle = Cycle(backend, fault)
     close_timeout = SHORT_CLOSE_TIMEOUT if fault == "silent_close" else CLOSE_TIMEOUT
     try:
-        conn = duplexthreads.connect(
-            server.url(), backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout
-        )
+        conn = duplexthreads.connect(peer.url, backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout)
     except BaseException:
-        server.discard_pending()
+        discard_pending(peer)
         raise
-    peer = None
+    theirs: Optional[PeerConnection] = None
     try:
-        peer = server.next_peer()
+        theirs = peer.next_connection(IO_TIMEOUT)
         cycle.send(conn, rng.randint(0, MAX_MESSAGES))
         for number in range(rng.randint(0, MAX_MESSAGES)):
             cycle.peer_sent.append(f"p{number}")
-            peer.send(cycle.peer_sent[-1])
+            theirs.send(cycle.peer_sent[-1])
         cycle.receive(conn, rng.randint(0, len(cycle.peer_sent)))
         request: Optional[Callable[[], Optional[ExitReport]]] = None
         if fault == "reset":
-            peer.stop_reader()
-            peer.reset()
+            theirs.reset()
         elif fault == "fin":
-            peer.fin()
+            theirs.drop()
         elif fault == "peer_close":
-            peer.close(1000, "bye")
+            theirs.close(1000, "bye")
         elif fault == "silent_close":
-            peer.silent = True
+            theirs.go_silent()
             request = conn.close
         elif fault == "write_error":
+
+            def send_counted(message: bytes) -> None:
+                conn.send(message)
+                cycle.sent.append(message)
+
+            # The peer reads nothing more, so its end of stream cannot race our writer's error.
+            park_reader(theirs, len(cycle.sent), send_counted)
             conn.transport.raw_socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
             cycle.send(conn, 1)
         elif fault == "abort":
@@ -289,11 +295,13 @@ def loopback_cycle(rng: random.Random, fault: str, backend: str, server: PeerSer
         if request is None and rng.random() < 0.5:
             cycle.send(conn, rng.randint(1, 5))
         cycle.await_report(conn, request)
-        if fault != "reset" and not peer.wait_ended(CYCLE_TIMEOUT):
+        # A reset ends the peer's side at once; a parked peer never reads our end of stream.
+        if fault not in ("reset", "write_error") and not theirs.wait_ended(CYCLE_TIMEOUT):
             cycle.problems.append("the peer's connection did not end")
     finally:
         conn.abort()
-        if peer is not None:
-            peer.stop()
-    cycle.check(LOOPBACK_ALLOWED[fault], conn, [] if peer is None else peer.messages(), fault == "local_close")
+        received = [] if theirs is None else theirs.received
+        if theirs is not None:
+            end_connection(theirs)
+    cycle.check(LOOPBACK_ALLOWED[fault], conn, received, fault == "local_close")
     return cycle

@@ -8,19 +8,22 @@ A section module (``benchmarks/<name>.py``) exposes:
         process behind; returns JSON-serialisable figures
     def format_table(result: Dict[str, Any]) -> str  the human-readable table
     def metrics(result: Dict[str, Any]) -> List[Metric]  the figures --check compares
+
+The runner adds ``result["leftover"]`` (what the section left behind, see ``_trials.py``) and
+the two leak metrics of :func:`leftover_metrics` to every section.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass(frozen=True)
 class Metric:
     """One figure that a later run can be checked against."""
 
-    #: Unique, stable name, e.g. "teardown.websocket-client.abort.p99_ms".
+    #: Unique, stable name, e.g. "teardown_paths.websocket-client.abort.p99_ms".
     name: str
     value: float
     unit: str
@@ -34,3 +37,12 @@ class Metric:
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def leftover_metrics(section: str, result: Dict[str, Any]) -> List[Metric]:
+    """Threads and fds the section left behind: both must be 0."""
+    left = result.get("leftover") or {}
+    return [
+        Metric(f"{section}.leftover_threads", len(left.get("threads") or []), "threads", "lower", leak=True),
+        Metric(f"{section}.leftover_fds", len(left.get("fds") or []), "fds", "lower", leak=True),
+    ]

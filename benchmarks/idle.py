@@ -8,12 +8,12 @@ Method
 ------
 For each client (duplexthreads with each backend, WebSocketApp, simple-websocket, websockets'
 sync client, and a plain websocket-client connection with a reader thread blocked in
-``recv()``), in turn:
+``recv()``: the others receive in threads of their own), in turn:
 
-1. Note this process's OS threads (``/proc/self/task``), then open N = 50 connections to the
-   loopback server (websockets' threading server in a child process, pings off; every client
-   with its pings off too, since duplexthreads has no heartbeat yet and the point is the cost
-   of doing nothing). The threads that appeared are the client's threads.
+1. Note this process's OS threads (``duplexthreads.testing.os_threads``), then open N = 50
+   connections to the load server (websockets' threading server in a child process, pings off;
+   every client with its pings off too, since duplexthreads has no heartbeat yet and the point
+   is the cost of doing nothing). The threads that appeared are the client's threads.
 2. Settle for 0.5 s, so that the threads have reached the call they block in.
 3. Over the idle window (10 s; 3 s with ``--quick``) the measuring thread waits on an Event.
    Before and after it reads ``time.process_time()`` (CPU of every thread of the process) and,
@@ -22,7 +22,8 @@ sync client, and a plain websocket-client connection with a reader thread blocke
    each wake-up adds at least one. The measuring thread, the main thread and anything that
    existed before are left out, so a thread some other code left behind cannot be counted.
 4. Report wake-ups and CPU microseconds per connection per second, then close every
-   connection (its library's ``close()``) and join its threads, bounded.
+   connection (its library's ``close()``) and join its threads, bounded; threads that outlive
+   that (WebSocketApp's) are joined before the next client opens.
 
 CPU includes the measuring thread's few reads of ``/proc``: tens of microseconds over the
 window, under 0.1 µs per connection per second.
@@ -40,11 +41,13 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from ._clients import BACKENDS, HELD_CLIENTS, LINGERING, Held, open_held
-from ._harness import PeerServer, Phase, Watch, context_switches, fmt, phase_notes, task_ids
+from ._clients import BACKENDS, CLIENTS, LINGERING, SLUGS, WSC, Client, open_client, settle
 from ._metrics import Metric
+from ._resources import context_switches, task_ids
+from ._servers import LoadServer
+from ._trials import Phase, Watch, fmt, notes_lines, run_standalone
 
 NAME = "idle"
 CONNECTIONS = 50
@@ -52,18 +55,14 @@ WINDOW = {False: 10.0, True: 3.0}
 SETTLE = 0.5
 #: How long closing waits for a client's threads before leaving them to LINGERING.
 JOIN_AFTER_CLOSE = 2.0
-SLUGS = {
-    "duplexthreads (websocket-client)": "duplexthreads-wsc",
-    "duplexthreads (simple-websocket)": "duplexthreads-sws",
-}
 
 
 def measure_client(watch: Watch, client: str, url: str, count: int, window: float) -> Dict[str, Any]:
     """Open ``count`` idle connections of ``client``, measure them over ``window`` s, close them."""
-    held: List[Held] = []
+    opened: List[Client] = []
 
     def kill_all() -> None:
-        for connection in list(held):
+        for connection in list(opened):
             connection.kill()
 
     watch.arm(kill_all)
@@ -74,7 +73,7 @@ def measure_client(watch: Watch, client: str, url: str, count: int, window: floa
         for _ in range(count):
             if watch.killed:
                 raise RuntimeError("killed while opening")
-            held.append(open_held(client, url, keepalive=False))
+            opened.append(open_client(client, url, reader=client == WSC, keepalive=False))
         open_seconds = time.monotonic() - opening
         time.sleep(SETTLE)
         tids = task_ids() - before
@@ -87,7 +86,7 @@ def measure_client(watch: Watch, client: str, url: str, count: int, window: floa
         switches_end = context_switches(tids)
     finally:
         closing = time.monotonic()
-        closing_errors, lingering = close_all(held)
+        closing_errors = settle(opened, JOIN_AFTER_CLOSE)
         close_seconds = time.monotonic() - closing
     common = switches_start.keys() & switches_end.keys()
     wakeups = sum(switches_end[tid] - switches_start[tid] for tid in common)
@@ -102,44 +101,19 @@ def measure_client(watch: Watch, client: str, url: str, count: int, window: floa
         "wakeups_per_conn_per_s": wakeups / per_conn_s,
         "cpu_seconds": cpu,
         "cpu_us_per_conn_per_s": cpu * 1e6 / per_conn_s,
-        "closing_errors": closing_errors,
-        "threads_alive_after_close": lingering,
+        "closing_errors": closing_errors[:5],
+        "threads_alive_after_close": sum(thread.is_alive() for c in opened for thread in c.threads),
         "open_seconds": open_seconds,
         "close_seconds": close_seconds,
     }
-
-
-def close_all(held: List[Held]) -> Tuple[List[str], int]:
-    """Close every connection, then join their threads for JOIN_AFTER_CLOSE s.
-
-    Returns what went wrong and how many threads were still alive; those are handed to
-    LINGERING and joined at the end of the section, so that WebSocketApp's threads, which
-    often outlive close() by their 10 s select timeout, do not hold the next client up.
-    """
-    errors: List[str] = []
-    threads: List[threading.Thread] = []
-    for connection in held:
-        threads += connection.threads()
-        try:
-            connection.close()
-        except Exception as exc:  # noqa: BLE001 - one bad close must not leave the others open
-            errors.append(repr(exc))
-            connection.kill()
-    deadline = time.monotonic() + JOIN_AFTER_CLOSE
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    alive = [t for t in threads if t.is_alive()]
-    for thread in alive:
-        LINGERING.add(thread)
-    return errors[:5], len(alive)
 
 
 def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
     window = WINDOW[quick]
     phase: Phase[Dict[str, Any]] = Phase("idle", cap_seconds)
     clients: Dict[str, Any] = {}
-    with PeerServer(max_seconds=cap_seconds + 120) as server:
-        for client in HELD_CLIENTS:
+    with LoadServer(max_seconds=cap_seconds + 120) as server:
+        for client in CLIENTS:
             # Threads an earlier client left running must not wake (and spend CPU) in this window.
             LINGERING.reap(15.0)
             print(f"... idle: {client}", file=sys.stderr, flush=True)
@@ -183,15 +157,29 @@ def format_table(result: Dict[str, Any]) -> str:
             )
     target = all((result["clients"].get(client) or {}).get("wakeups", 1) == 0 for client in BACKENDS)
     lines.append(f"target (duplexthreads: zero wake-ups without a heartbeat): {'met' if target else 'NOT met'}")
-    return "\n".join(lines + phase_notes(result))
+    return "\n".join(lines + notes_lines(result))
 
 
 def metrics(result: Dict[str, Any]) -> List[Metric]:
     found: List[Metric] = []
-    for client, slug in SLUGS.items():
+    for client in BACKENDS:
         entry = result["clients"].get(client)
         if entry is not None:
             found.append(
-                Metric(f"idle.{slug}.wakeups_per_conn_per_s", entry["wakeups_per_conn_per_s"], "/s", "lower", leak=True)
+                Metric(
+                    f"idle.{SLUGS[client]}.wakeups_per_conn_per_s",
+                    entry["wakeups_per_conn_per_s"],
+                    "/s",
+                    "lower",
+                    leak=True,
+                )
             )
     return found
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_standalone(NAME, measure, format_table, metrics, (100.0, 40.0), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

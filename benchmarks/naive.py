@@ -10,14 +10,15 @@ as long as the peer keeps the connection open, here forever.
 
 Method
 ------
-Peer: the scripted loopback server of ``_faults.py``, in this process. For each subject (the
-naive pair, and duplexthreads over websocket-client as the control) and each path, open N
-connections (full 10, quick 3), each greeted by the peer so its reader is blocked in its
-receive, then trigger every one:
+Peer: ``duplexthreads.testing.ScriptedPeer`` in a child process (``isolated=True``: its sockets
+and threads are not counted with the client's). For each subject (the naive pair, and
+duplexthreads over websocket-client as the control) and each path, open N connections (full
+10, quick 3), each greeted by the peer so its reader is blocked in its receive, then trigger
+every one:
 
-``write error``  ``shutdown(SHUT_WR)`` on the client's own socket, then one ``send``: the
-                 writer's write fails with EPIPE; the peer stays connected and silent (it sees
-                 end of stream and stops reading, without closing).
+``write error``  the peer's reader parked first (it reads nothing more, not even end of
+                 stream, and stays connected); then ``shutdown(SHUT_WR)`` on the client's own
+                 socket and one ``send``: the writer's write fails with EPIPE.
 ``peer close``   the peer sends a close frame (and closes TCP once it is answered).
 
 Then observe for a bounded window (full 5 s, quick 2 s) after the last trigger, joining each
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import gc
 import queue
-import socket
 import sys
 import threading
 import time
@@ -43,30 +43,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import websocket
 
-import duplexthreads
+from duplexthreads.testing import PeerConnection, ScriptedPeer
 
-from ._faults import (
-    IO_TIMEOUT,
-    Deadline,
-    Leftovers,
-    PeerConn,
-    PeerServer,
-    fd_count,
-    fmt,
-    join_all,
-    load_average,
-    run_standalone,
-    section_footer,
-    shutdown_socket,
-    summary_ms,
-)
+from ._clients import DT_WSC, IO_TIMEOUT, BenchError, Client, join_all, open_client
 from ._metrics import Metric
+from ._resources import fd_count
+from ._servers import discard_pending, end_connection, fault_peer, park_reader
+from ._trials import Deadline, distribution, fmt, notes_lines, run_standalone
 
 NAME = "naive"
 
 NAIVE = "naive pair (websocket-client)"
-DUPLEX = "duplexthreads[websocket-client]"
-SUBJECTS = (NAIVE, DUPLEX)
+SUBJECTS = (NAIVE, DT_WSC)
 WRITE_ERROR = "write_error"
 PEER_CLOSE = "peer_close"
 PATH_LABELS = {WRITE_ERROR: "write error", PEER_CLOSE: "peer close frame"}
@@ -90,28 +78,32 @@ class _Stop:
 _STOP = _Stop()
 
 
-class NaivePair:
+class NaivePair(Client):
     """A reader thread and a writer thread over one ``websocket.WebSocket``; only the reader cleans up."""
 
+    name = NAIVE
+
     def __init__(self, url: str, number: int) -> None:
+        super().__init__()
         self.ws: Any = websocket.create_connection(url, timeout=IO_TIMEOUT)
         self.ws.settimeout(None)
-        sock: Optional[socket.socket] = self.ws.sock
-        assert sock is not None  # set by a successful connect
-        self.sock = sock
+        self.sock = self.ws.sock
+        # The application's messages, from any thread to the writer.
         self.outbound: queue.Queue[object] = queue.Queue()
-        self.greeted = threading.Event()
+        self.send = self.outbound.put
+        self.recv = self._inbox_recv
         self.write_error: Optional[BaseException] = None
-        self.reader = threading.Thread(target=self._read, name=f"bench-naive-{number}-reader", daemon=True)
-        self.writer = threading.Thread(target=self._write, name=f"bench-naive-{number}-writer", daemon=True)
-        self.reader.start()
-        self.writer.start()
+        self.threads = [
+            threading.Thread(target=self._read, name=f"bench-naive-{number}-reader", daemon=True),
+            threading.Thread(target=self._write, name=f"bench-naive-{number}-writer", daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def _read(self) -> None:
         try:
             while self.ws.connected:
-                self.ws.recv()
-                self.greeted.set()
+                self.inbox.put(self.ws.recv())
         except Exception:  # noqa: BLE001 - the naive pattern: any error ends the reader
             pass
         finally:
@@ -129,105 +121,85 @@ class NaivePair:
                 self.write_error = exc
                 return
 
-    def send(self, message: bytes) -> None:
-        self.outbound.put(message)
+    def close(self) -> None:
+        self.ws.close()
 
 
 class Connection:
-    """One subject's connection, with its peer, reduced to what the observation needs."""
+    """One subject's connection and the peer's side of it."""
 
-    def __init__(self, subject: str, server: PeerServer, number: int) -> None:
-        self.duplex: Optional[duplexthreads.Duplex] = None
-        self.naive: Optional[NaivePair] = None
-        if subject == NAIVE:
-            self.naive = NaivePair(server.url(), number)
-        else:
-            self.duplex = duplexthreads.connect(server.url(), open_timeout=IO_TIMEOUT)
+    def __init__(self, subject: str, peer: ScriptedPeer, number: int) -> None:
         try:
-            self.peer: PeerConn = server.next_peer()
-            self.peer.send(GREETING)
-            if self.naive is not None:
-                greeted = self.naive.greeted.wait(IO_TIMEOUT)
-            else:
-                assert self.duplex is not None
-                greeted = self.duplex.recv(timeout=IO_TIMEOUT) == GREETING
-            if not greeted:
-                raise RuntimeError("the greeting did not arrive")
+            self.client = NaivePair(peer.url, number) if subject == NAIVE else open_client(subject, peer.url)
         except BaseException:
-            self.kill()
+            discard_pending(peer)
+            raise
+        self.conn: Optional[PeerConnection] = None
+        try:
+            self.conn = peer.next_connection(IO_TIMEOUT)
+            self.conn.send(GREETING)
+            greeting = self.client.recv()
+            if greeting != GREETING:
+                raise BenchError(f"expected the greeting, got {greeting!r}")
+        except BaseException:
+            self.client.kill()
             self.release()
             raise
         self.triggered = 0.0
         self.exited: Optional[float] = None
 
-    @property
-    def sock(self) -> socket.socket:
-        if self.naive is not None:
-            return self.naive.sock
-        assert self.duplex is not None
-        return self.duplex.transport.raw_socket  # type: ignore[attr-defined,no-any-return]
-
-    def threads(self) -> List[threading.Thread]:
-        if self.naive is not None:
-            return [self.naive.reader, self.naive.writer]
-        assert self.duplex is not None
-        return list(self.duplex.threads())
+    def prepare(self, path: str) -> None:
+        """Before a write error, the peer's reader parked: it stays connected and reads nothing."""
+        if path == WRITE_ERROR:
+            assert self.conn is not None
+            park_reader(self.conn, 0, self.client.send)
 
     def trigger(self, path: str) -> None:
+        assert self.conn is not None
         self.triggered = time.monotonic()
         if path == PEER_CLOSE:
-            self.peer.close(1000, "bye")
-            return
-        self.sock.shutdown(socket.SHUT_WR)
-        if self.naive is not None:
-            self.naive.send(b"x")
+            self.conn.close(1000, "bye")
         else:
-            assert self.duplex is not None
-            self.duplex.send(b"x")
-
-    def kill(self) -> None:
-        """Wake whatever is blocked: the cleanup the naive pair never does for itself."""
-        if self.naive is not None:
-            shutdown_socket(self.naive.sock)
-        elif self.duplex is not None:
-            self.duplex.abort()
+            self.client.provoke_write_error()
 
     def release(self) -> None:
-        """Close the socket and stop the peer once the threads are gone."""
-        join_all(self.threads(), time.monotonic() + IO_TIMEOUT)
-        if self.naive is not None:
-            self.naive.ws.shutdown()  # closes the socket the naive pair leaves open after a peer's close
-        peer = getattr(self, "peer", None)
-        if peer is not None:
-            peer.stop()
+        """Once the threads are gone: close the socket the naive pair leaves open after a peer's
+        close, and end the peer's side."""
+        join_all(self.client.threads, time.monotonic() + IO_TIMEOUT)
+        if isinstance(self.client, NaivePair):
+            self.client.ws.shutdown()
+        if self.conn is not None:
+            end_connection(self.conn)
 
 
-def observe(server: PeerServer, subject: str, path: str, config: Config) -> Dict[str, Any]:
+def observe(peer: ScriptedPeer, subject: str, path: str, config: Config) -> Dict[str, Any]:
     """Open, trigger, watch for the window, count what is left; then clean up and check."""
     gc.collect()
     fds_before = fd_count()
     connections: List[Connection] = []
     try:
         for number in range(config.connections):
-            connections.append(Connection(subject, server, number))
-        started = sum(len(connection.threads()) for connection in connections)
+            connections.append(Connection(subject, peer, number))
+        started = sum(len(connection.client.threads) for connection in connections)
+        for connection in connections:
+            connection.prepare(path)
         for connection in connections:
             connection.trigger(path)
         window_end = time.monotonic() + config.window_seconds
         for connection in connections:
-            if not join_all(connection.threads(), window_end):
+            if not join_all(connection.client.threads, window_end):
                 connection.exited = time.monotonic()
-        left = [thread.name for c in connections for thread in c.threads() if thread.is_alive()]
-        # The client's own sockets (the peer's, in this process too, are open by design).
-        sockets_open = sum(c.sock.fileno() != -1 for c in connections)
-        write_errors = sum(c.naive is not None and c.naive.write_error is not None for c in connections)
+        left = [thread.name for c in connections for thread in c.client.threads if thread.is_alive()]
+        # The client's own sockets, still held by the application as a long-lived program would.
+        sockets_open = sum(c.client.sock is not None and c.client.sock.fileno() != -1 for c in connections)
+        write_errors = sum(isinstance(c.client, NaivePair) and c.client.write_error is not None for c in connections)
     finally:
         for connection in connections:
-            connection.kill()
+            connection.client.kill()  # wakes what is blocked: the cleanup the naive pair never does
         for connection in connections:
             connection.release()
     exit_ms = [(c.exited - c.triggered) * 1e3 for c in connections if c.exited is not None]
-    cleanup_left = [thread.name for c in connections for thread in c.threads() if thread.is_alive()]
+    cleanup_left = [thread.name for c in connections for thread in c.client.threads if thread.is_alive()]
     del connections
     gc.collect()
     return {
@@ -235,7 +207,7 @@ def observe(server: PeerServer, subject: str, path: str, config: Config) -> Dict
         "threads_started": started,
         "threads_left": len(left),
         "thread_names_left": left[:10],
-        "exit_ms": summary_ms(exit_ms),
+        "exit_ms": distribution(exit_ms),
         "connections_exited": len(exit_ms),
         "sockets_open_at_window_end": sockets_open,
         "writer_send_errors": write_errors,
@@ -246,40 +218,33 @@ def observe(server: PeerServer, subject: str, path: str, config: Config) -> Dict
 def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
     config = QUICK if quick else FULL
     deadline = Deadline(cap_seconds)
-    leftovers = Leftovers()
-    load_start = load_average()
     paths: Dict[str, Dict[str, Any]] = {path: {} for path in PATH_LABELS}
     notes: List[str] = []
-    complete = True
-    # Opening, the window, then cleanup (whose joins are bounded by IO_TIMEOUT each).
-    per_observation = config.window_seconds + 2 * IO_TIMEOUT
-    with PeerServer() as server:
+    # Opening and cleanup take a fraction of a second when all goes well; one that goes wrong can
+    # overrun by its bounded joins, which the runner's grace period covers.
+    per_observation = config.window_seconds + 1.0
+    with fault_peer(isolated=True) as peer:
         for path in PATH_LABELS:
             for subject in SUBJECTS:
                 if not deadline.allows(per_observation):
-                    complete = False
                     notes.append(f"{subject}, {PATH_LABELS[path]}: skipped, no time left within the cap")
                     continue
                 try:
-                    paths[path][subject] = observe(server, subject, path, config)
+                    paths[path][subject] = observe(peer, subject, path, config)
                 except Exception as exc:  # noqa: BLE001 - reported; the other observations go on
-                    complete = False
                     notes.append(f"{subject}, {PATH_LABELS[path]}: failed: {exc!r}")
-                    server.discard_pending()
     naive = paths[WRITE_ERROR].get(NAIVE)
     return {
         "name": NAME,
         "mode": "quick" if quick else "full",
         "cap_seconds": cap_seconds,
-        "complete": complete,
+        "complete": not notes,
         "notes": notes,
         "config": config.__dict__,
         "path_labels": PATH_LABELS,
         "paths": paths,
         "leak_detected": None if naive is None else naive["threads_left"] > 0,
-        "leftover": leftovers.check(),
         "seconds": round(deadline.elapsed(), 2),
-        "load_average": {"start": load_start, "end": load_average()},
     }
 
 
@@ -299,7 +264,7 @@ def format_table(result: Dict[str, Any]) -> str:
             lines.append(
                 f"  {subject:33} {e['threads_left']:>5} of {e['threads_started']:<4}"
                 f" {e['connections_exited']:>3}/{e['connections']:<3}"
-                f" {fmt(exit_ms['p50_ms']):>7}/{fmt(exit_ms['max_ms']):<8}"
+                f" {fmt(exit_ms['p50']):>7}/{fmt(exit_ms['max']):<8}"
                 f" {e['sockets_open_at_window_end']:>7} of {e['connections']:<4}"
                 f"   threads {cleanup['threads_left']}, fds {cleanup['fd_delta']:+d}"
             )
@@ -310,8 +275,7 @@ def format_table(result: Dict[str, Any]) -> str:
     lines.append(f"leak of the naive pair on a write error detected: {verdict[detected]}")
     lines.append("(exited: connections whose threads all exited within the window; sockets open: the clients'")
     lines.append(" sockets still open at the window's end, the objects still held as a long-lived program would)")
-    lines.extend(section_footer(result))
-    return "\n".join(lines)
+    return "\n".join(lines + notes_lines(result) + [f"({result['seconds']:.1f} s)"])
 
 
 def metrics(result: Dict[str, Any]) -> List[Metric]:
@@ -321,19 +285,18 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
         detected = 1.0 if result["leak_detected"] else 0.0
         found.append(Metric(f"{NAME}.leak_detected", detected, "bool", "higher", tolerance=0.0))
     for path in PATH_LABELS:
-        control = result["paths"][path].get(DUPLEX)
+        control = result["paths"][path].get(DT_WSC)
         if control is not None:
             found.append(
                 Metric(
                     f"{NAME}.duplexthreads.{path}.threads_left", control["threads_left"], "threads", "lower", leak=True
                 )
             )
-    found.append(Metric(f"{NAME}.leftover_threads", len(result["leftover"]["threads"]), "threads", "lower", leak=True))
     return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_standalone(NAME, measure, format_table, metrics, (120.0, 60.0), argv)
+    return run_standalone(NAME, measure, format_table, metrics, (90.0, 15.0), argv)
 
 
 if __name__ == "__main__":

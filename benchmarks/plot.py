@@ -1,11 +1,10 @@
 """Draw the teardown latency distributions of a run as ``benchmarks/results/teardown.png``.
 
-The samples come from the ``teardown_paths`` section when it ran (``result["paths"][path]
-["samples_ms"]``, one list of milliseconds per path), else from the teardown phase of the
-``throughput`` section (``result["teardown"]["backends"][backend][trigger]["samples_ms"]``).
-Each path gets a panel, in which each subject (duplexthreads with each backend, the peers) is an
-empirical cumulative distribution on a logarithmic time axis: the median and the tail of every
-subject can be read off the same panel.
+The samples come from the ``teardown_paths`` section (``result["paths"][path][subject]
+["samples_ms"]``, one list of milliseconds per path and subject). Each path gets a panel, in
+which each subject (duplexthreads with each backend, the peers) is an empirical cumulative
+distribution on a logarithmic time axis: the median and the tail of every subject can be read
+off the same panel.
 
 Needs matplotlib (``pip install -e '.[plot]'``); without it, ``plot_teardown`` returns a
 one-line note instead. ``python -m benchmarks.plot [RESULTS.json]`` redraws from a saved run.
@@ -25,36 +24,16 @@ Groups = Dict[str, Dict[str, List[float]]]
 
 
 def teardown_samples(results: Mapping[str, Any]) -> Groups:
-    """Path -> subject -> samples (ms): from teardown_paths if it has any, else throughput's teardown."""
+    """Path -> subject -> samples (ms), from the teardown_paths section; empty if it did not run."""
     sections = results.get("sections", {})
     paths = ((sections.get("teardown_paths") or {}).get("result") or {}).get("paths") or {}
-    groups = {str(path): collect(entry) for path, entry in paths.items()}
-    groups = {path: subjects for path, subjects in groups.items() if subjects}
-    if groups:
-        return groups
-    throughput = (sections.get("throughput") or {}).get("result") or results  # or: throughput.py --json
-    teardown = throughput.get("teardown") or {}
-    for backend, triggers in (teardown.get("backends") or {}).items():
-        for trigger, entry in triggers.items():
+    groups: Groups = {}
+    for path, subjects in paths.items():
+        for subject, entry in (subjects or {}).items():
             samples = numbers(entry.get("samples_ms") if isinstance(entry, Mapping) else None)
             if samples:
-                groups.setdefault(trigger, {})[f"duplexthreads[{backend}]"] = samples
+                groups.setdefault(str(path), {})[str(subject)] = samples
     return groups
-
-
-def collect(entry: Any) -> Dict[str, List[float]]:
-    """A path's samples by subject: its own ``samples_ms``, or each sub-entry's."""
-    if not isinstance(entry, Mapping):
-        return {}
-    own = numbers(entry.get("samples_ms"))
-    if own:
-        return {"all": own}
-    found = {}
-    for subject, sub in entry.items():
-        samples = numbers(sub.get("samples_ms") if isinstance(sub, Mapping) else None)
-        if samples:
-            found[str(subject)] = samples
-    return found
 
 
 def numbers(values: Any) -> List[float]:
@@ -67,7 +46,7 @@ def plot_teardown(results: Mapping[str, Any], output: Path = DEFAULT_OUTPUT) -> 
     """Write the PNG, one panel per path; return one line saying where, or why not."""
     groups = teardown_samples(results)
     if not groups:
-        return "plot: no teardown samples in this run (teardown_paths or throughput's teardown phase), no picture"
+        return "plot: no teardown samples in this run (teardown_paths did not run), no picture"
     try:
         import matplotlib
 

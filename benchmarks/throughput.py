@@ -1,20 +1,17 @@
-"""Throughput, echo round trip (and teardown latency) of duplexthreads, beside plain clients.
+"""Throughput and echo latency of duplexthreads, beside plain clients, in one run.
 
-Run ``python benchmarks/throughput.py`` (about a minute on 2 cores) or ``--quick`` (under 30 s);
-``--json PATH`` also writes every number, with the machine's description, to PATH. As a section
-of ``python -m benchmarks`` it exposes ``NAME``, ``measure``, ``format_table`` and ``metrics``
-(see ``_metrics.py``).
+``python -m benchmarks.throughput [--quick]`` runs this section alone.
 
 Method
 ------
-Server. websockets' threading server on 127.0.0.1, port 0, in a child process (``_peers.py``),
-so that on a 2-core machine the client under test and the server each have a core and do not
-share a GIL. Compression and server pings are off. The URL path picks its handler: count
-messages, echo, or echo and then close on request.
+Server. The load server of ``_servers.py`` in a child process, so that on a 2-core machine the
+client under test and the server each have a core and do not share a GIL: websockets'
+threading server for one-way throughput, the lean one-thread server for the echoes (no thread
+hand-off on the server's side, so the echo figures are the clients').
 
 Clients (``_clients.py``). duplexthreads with each backend, a plain websocket-client loop,
-websocket-client's ``WebSocketApp`` (``run_forever`` in a thread, ``send`` from the main
-thread), ``simple_websocket.Client`` and websockets' sync client, each with its defaults.
+``WebSocketApp`` (``run_forever`` in a thread, ``send`` from the caller's thread),
+simple-websocket and websockets' sync client, each with its defaults.
 
 1. One-way throughput, 32 B and 4 KiB. Each round opens a fresh connection (not timed), then
    times from just before the first ``send`` until the server's ``"done"`` has been received:
@@ -26,67 +23,62 @@ thread), ``simple_websocket.Client`` and websockets' sync client, each with its 
    each side used over the timed part, as a share of one core (client: ``time.process_time``,
    all threads; server: ``/proc/PID/stat``, 10 ms ticks): a server near 1.00 means the number
    is the server's limit rather than the client's.
-2. Echo round trip, 32 B. Per client, the round trips (after 20 untimed ones per connection)
-   are split over the same number of interleaved rounds and pooled; p50 and p99 use the
-   nearest rank.
-3. Teardown of duplexthreads (``_teardown_phase.py``): run by the standalone script always, and
-   by ``python -m benchmarks`` only while its ``teardown_paths`` section is not available.
+2. Echo driven by the client, 32 B: ``send()`` then ``recv()``, timed in the client. Per client,
+   the round trips (after 20 untimed ones per connection) are split over many short interleaved
+   rounds (full 20, quick 10: where the scheduler puts the client's threads and the server on
+   two cores changes from one connection to the next, and moves the p50 with it) and pooled;
+   p50 and p99 use the nearest rank. In the same rounds, the cost of one thread
+   hand-off: two threads ping-pong an item over two ``queue.SimpleQueue``; half of each round
+   trip is one hand-off. duplexthreads crosses two (caller to writer, reader to caller); the
+   issue's target is duplexthreads' p50 within 1.1x of (plain loop p50 + one hand-off).
+3. Echo driven by the peer, 32 B: the server sends, the client echoes, the server times the
+   round trip (``/drive``: from just before its ``send()`` to just after the ``recv()`` that
+   brought the echo back), in rounds as in 2. duplexthreads echoes from ``on_message`` with ``send()`` (one
+   hand-off, reader to writer); the plain websocket-client loop echoes with ``recv()`` then
+   ``send_binary()`` in one thread. Target: duplexthreads' p50 within 1.15x of the loop's.
 
-Bounds. Every round runs in a thread the main thread waits for with a time limit: the rest of
-its phase's cap (the section's cap split evenly between the phases). When that passes, the main
-thread kills the connection (``shutdown(SHUT_RDWR)`` on its socket), which wakes any blocked
-call, and the phase is reported incomplete. Send loops are bounded by their count and also stop
-once killed. Every connection is closed, the server process is stopped and reaped, and the
-script checks that no thread it caused is left.
+Bounds. Every round runs in a thread the section waits for with a time limit: the rest of its
+phase's cap (the section's cap split between the phases). When that passes, the connection is
+killed (``shutdown(SHUT_RDWR)`` on its socket), which wakes any blocked call, and the phase is
+reported incomplete. Every loop is bounded by its count and stops once killed.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
+import queue
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-if __package__ in (None, ""):  # run as a script: python benchmarks/throughput.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from duplexthreads import Message
 
-import duplexthreads
-from benchmarks._clients import (
-    APP_JOIN_TIMEOUT,
+from ._clients import (
     BACKENDS,
     CLIENTS,
+    DT_SWS,
     DT_WSC,
+    IO_TIMEOUT,
     LINGERING,
-    PEER_CLIENTS,
+    PEERS,
+    SETTLE_TIMEOUT,
+    SLUGS,
     WSC,
-    close_after_failure,
-    open_conn,
-)
-from benchmarks._harness import (
     BenchError,
-    OutOfTime,
-    PeerServer,
-    Phase,
-    Watch,
-    distribution,
-    fmt,
-    leftover_threads,
-    load_average,
-    machine_info,
-    micro,
-    phase_notes,
-    rotated,
+    Client,
+    close_after_failure,
+    open_client,
+    settle,
 )
-from benchmarks._metrics import Metric
-from benchmarks._teardown_phase import format_teardown, teardown_phase
+from ._metrics import Metric
+from ._servers import LoadServer
+from ._trials import OutOfTime, Phase, Watch, distribution, fmt, notes_lines, ratio, rotated, run_standalone
 
 NAME = "throughput"
 
@@ -94,8 +86,14 @@ NAME = "throughput"
 CHUNK = 1024
 ECHO_WARMUP = 20
 SIZES = (32, 4096)
-#: Short names for metric ids.
-SLUGS = {DT_WSC: "duplexthreads-wsc", "duplexthreads (simple-websocket)": "duplexthreads-sws"}
+ECHO_BYTES = 32
+HANDOFF = "one thread hand-off"
+#: The clients measured on the echo the peer drives.
+DRIVEN_CLIENTS = (DT_WSC, DT_SWS, WSC)
+#: Targets of issue 9: duplexthreads' echo p50 over the plain loop's (plus a hand-off when the
+#: client drives).
+CLIENT_ECHO_TARGET = 1.1
+PEER_ECHO_TARGET = 1.15
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,13 @@ class Config:
     rounds: int
     small_count: int
     large_count: int
+    #: Echo rounds are short and many (see the module docstring).
+    echo_rounds: int
     echo_count: int
-    teardown_trials: int
 
 
-FULL = Config(rounds=5, small_count=100_000, large_count=20_000, echo_count=1_000, teardown_trials=200)
-QUICK = Config(rounds=3, small_count=20_000, large_count=4_000, echo_count=300, teardown_trials=50)
+FULL = Config(rounds=5, small_count=100_000, large_count=20_000, echo_rounds=20, echo_count=6_000)
+QUICK = Config(rounds=3, small_count=20_000, large_count=4_000, echo_rounds=10, echo_count=2_000)
 
 
 # -- 1. one-way throughput ------------------------------------------------------------------------
@@ -122,11 +121,9 @@ class ThroughputRound:
     server_cpu: Optional[float]
 
 
-def measure_throughput(
-    watch: Watch, client: str, url: str, payload: bytes, count: int, server: PeerServer
-) -> ThroughputRound:
+def one_way(watch: Watch, client: str, url: str, payload: bytes, count: int, server: LoadServer) -> ThroughputRound:
     """Time from the first send until the server's "done" arrived, and the CPU both sides used."""
-    conn = open_conn(client, url)
+    conn = open_client(client, url)
     watch.arm(conn.kill)
     try:
         gc.collect()
@@ -148,70 +145,70 @@ def measure_throughput(
     except BaseException:
         close_after_failure(conn)
         raise
-    conn.close()
+    problems = settle([conn])
+    if problems:
+        raise BenchError("; ".join(problems))
     server_share = None if server_cpu is None or server_after is None else (server_after - server_cpu) / elapsed
     return ThroughputRound(elapsed, client_cpu / elapsed, server_share)
 
 
-def throughput_phase(server: PeerServer, config: Config, size: int, rounds: int, cap: float) -> Dict[str, Any]:
+def one_way_phase(server: LoadServer, config: Config, size: int, cap: float) -> Dict[str, Any]:
     count = config.small_count if size == SIZES[0] else config.large_count
     payload = os.urandom(size)
-    url = server.url(f"/count?n={count}&size={size}")
     phase: Phase[ThroughputRound] = Phase(f"throughput {size} B", cap)
     for client in CLIENTS:
         warm_url = server.url(f"/count?n={count // 10}&size={size}")
         phase.run(
             f"{client} warm-up",
-            partial(measure_throughput, client=client, url=warm_url, payload=payload, count=count // 10, server=server),
+            partial(one_way, client=client, url=warm_url, payload=payload, count=count // 10, server=server),
         )
     done: Dict[str, List[ThroughputRound]] = {client: [] for client in CLIENTS}
-    for number in range(rounds):
+    url = server.url(f"/count?n={count}&size={size}")
+    for number in range(config.rounds):
         for client in rotated(CLIENTS, number):
             measured = phase.run(
                 f"{client} round {number + 1}",
-                partial(measure_throughput, client=client, url=url, payload=payload, count=count, server=server),
+                partial(one_way, client=client, url=url, payload=payload, count=count, server=server),
             )
             if measured is not None:
                 done[client].append(measured)
     results: Dict[str, Any] = {}
-    for client, measured_rounds in done.items():
-        rates = [count / r.seconds for r in measured_rounds]
+    for client, rounds in done.items():
+        rates = [count / r.seconds for r in rounds]
         median = statistics.median(rates) if rates else None
-        server_shares = [r.server_cpu for r in measured_rounds if r.server_cpu is not None]
+        server_shares = [r.server_cpu for r in rounds if r.server_cpu is not None]
         results[client] = {
             "rounds_msgs_per_s": rates,
             "median_msgs_per_s": median,
             "median_MB_per_s": median * size / 1e6 if median else None,
-            "median_client_cpu_share": statistics.median([r.client_cpu for r in measured_rounds]) if rates else None,
+            "median_client_cpu_share": statistics.median([r.client_cpu for r in rounds]) if rounds else None,
             "median_server_cpu_share": statistics.median(server_shares) if server_shares else None,
         }
     base = results[WSC]["median_msgs_per_s"]
     for entry in results.values():
-        median = entry["median_msgs_per_s"]
-        entry["ratio_to_websocket_client"] = median / base if median and base else None
-    peers = {client: results[client]["median_msgs_per_s"] for client in PEER_CLIENTS}
+        entry["ratio_to_websocket_client"] = ratio(entry["median_msgs_per_s"], base)
+    peers = {client: results[client]["median_msgs_per_s"] for client in PEERS}
     fastest = max((c for c in peers if peers[c]), key=lambda c: peers[c], default=None)
-    to_fastest = {}
-    for client in BACKENDS:
-        ours = results[client]["median_msgs_per_s"]
-        to_fastest[client] = ours / peers[fastest] if ours and fastest else None
     return {
         "message_bytes": size,
         "messages_per_round": count,
-        "rounds": rounds,
+        "rounds": config.rounds,
         "clients": results,
         "fastest_peer": fastest,
-        "duplexthreads_to_fastest_peer": to_fastest,
+        "duplexthreads_to_fastest_peer": {
+            client: ratio(results[client]["median_msgs_per_s"], peers[fastest] if fastest else None)
+            for client in BACKENDS
+        },
         **phase.summary(),
     }
 
 
-# -- 2. echo round trip --------------------------------------------------------------------------
+# -- 2. echo driven by the client, and one thread hand-off ------------------------------------------
 
 
-def measure_echo(watch: Watch, client: str, url: str, payload: bytes, count: int) -> List[float]:
-    """Seconds of each of ``count`` round trips, after ECHO_WARMUP untimed ones."""
-    conn = open_conn(client, url)
+def client_echo(watch: Watch, client: str, url: str, payload: bytes, count: int) -> List[float]:
+    """Microseconds of each of ``count`` round trips, after ECHO_WARMUP untimed ones."""
+    conn = open_client(client, url)
     watch.arm(conn.kill)
     samples: List[float] = []
     try:
@@ -227,85 +224,192 @@ def measure_echo(watch: Watch, client: str, url: str, payload: bytes, count: int
             if reply != payload:
                 raise BenchError(f"echo answered {reply!r}")
             if number >= ECHO_WARMUP:
-                samples.append(elapsed)
+                samples.append(elapsed * 1e6)
     except BaseException:
         close_after_failure(conn)
         raise
-    conn.close()
+    problems = settle([conn])
+    if problems:
+        raise BenchError("; ".join(problems))
     return samples
 
 
-def echo_phase(server: PeerServer, config: Config, rounds: int, cap: float) -> Dict[str, Any]:
-    payload = os.urandom(32)
-    phase: Phase[List[float]] = Phase("echo", cap)
-    samples: Dict[str, List[float]] = {client: [] for client in CLIENTS}
-    for number in range(rounds):
-        share = config.echo_count // rounds + (1 if number < config.echo_count % rounds else 0)
-        for client in rotated(CLIENTS, number):
-            values = phase.run(
-                f"{client} round {number + 1}",
-                partial(measure_echo, client=client, url=server.url("/echo"), payload=payload, count=share),
+def handoff(watch: Watch, count: int) -> List[float]:
+    """Microseconds of one thread hand-off: half of each round trip of an item between two threads
+    over two ``queue.SimpleQueue`` (after ECHO_WARMUP untimed ones)."""
+    there: queue.SimpleQueue[int] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def bounce() -> None:
+        for _ in range(ECHO_WARMUP + count):
+            try:
+                back.put(there.get(timeout=IO_TIMEOUT))
+            except queue.Empty:
+                return
+
+    other = threading.Thread(target=bounce, name="bench-handoff", daemon=True)
+    other.start()
+    samples: List[float] = []
+    clock = time.perf_counter
+    try:
+        for number in range(ECHO_WARMUP + count):
+            if watch.killed:
+                raise OutOfTime("killed")
+            started = clock()
+            there.put(number)
+            back.get(timeout=IO_TIMEOUT)
+            elapsed = clock() - started
+            if number >= ECHO_WARMUP:
+                samples.append(elapsed * 1e6 / 2)
+    finally:
+        there.put(-1)  # unblocks the other thread if this loop stopped early; it ends at its count
+        other.join(IO_TIMEOUT)
+    return samples
+
+
+def client_echo_phase(server: LoadServer, config: Config, cap: float) -> Dict[str, Any]:
+    payload = os.urandom(ECHO_BYTES)
+    phase: Phase[List[float]] = Phase("echo driven by the client", cap)
+    subjects = (*CLIENTS, HANDOFF)
+    samples: Dict[str, List[float]] = {subject: [] for subject in subjects}
+    for number in range(config.echo_rounds):
+        share = config.echo_count // config.echo_rounds
+        for subject in rotated(subjects, number):
+            work: Callable[[Watch], List[float]] = (
+                partial(handoff, count=share)
+                if subject == HANDOFF
+                else partial(client_echo, client=subject, url=server.url("/echo"), payload=payload, count=share)
             )
+            values = phase.run(f"{subject} round {number + 1}", work)
+            if values is not None:
+                samples[subject].extend(values)
+    dists = {subject: distribution(values) for subject, values in samples.items()}
+    plain, hop = dists[WSC], dists[HANDOFF]
+    for client in CLIENTS:
+        dists[client]["p50_ratio_to_websocket_client"] = ratio(dists[client]["p50"], plain["p50"])
+    for client in BACKENDS:
+        for stat in ("p50", "p99"):
+            base = None if plain[stat] is None or hop[stat] is None else plain[stat] + hop[stat]
+            dists[client][f"{stat}_ratio_to_loop_plus_handoff"] = ratio(dists[client][stat], base)
+    return {"message_bytes": ECHO_BYTES, "round_trips": config.echo_count, "us": dists, **phase.summary()}
+
+
+# -- 3. echo driven by the peer ---------------------------------------------------------------------
+
+
+def peer_echo(watch: Watch, client: str, url: str, count: int) -> List[float]:
+    """The server's round-trip times (µs) of ``count`` echoes, after ECHO_WARMUP untimed ones."""
+    results: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    if client in BACKENDS:
+        senders: List[Callable[[bytes], object]] = []
+
+        def on_message(message: Message) -> None:
+            if isinstance(message, bytes):
+                senders[0](message)  # set before the server sends anything: it waits for "start"
+            else:
+                results.put(message)
+
+        conn: Client = open_client(client, url, on_message=on_message)
+        senders.append(conn.send)
+    else:
+        conn = open_client(client, url)
+
+    def kill() -> None:
+        conn.kill()
+        results.put("killed")  # wakes the wait for the result below
+
+    watch.arm(kill)
+    result: Optional[Message] = None
+    try:
+        conn.send(b"start")
+        if client in BACKENDS:
+            result = results.get(timeout=IO_TIMEOUT)
+        else:
+            send, recv = conn.send, conn.recv
+            for _ in range(ECHO_WARMUP + count + 1):  # the echoes, then the result
+                result = recv()
+                if not isinstance(result, bytes):
+                    break
+                send(result)
+    except BaseException:
+        close_after_failure(conn)
+        raise
+    problems = settle([conn])
+    if not isinstance(result, str) or not result.startswith("["):
+        raise BenchError(f"the server answered {result!r}")
+    if problems:
+        raise BenchError("; ".join(problems))
+    samples: List[float] = json.loads(result)
+    return samples
+
+
+def peer_echo_phase(server: LoadServer, config: Config, cap: float) -> Dict[str, Any]:
+    phase: Phase[List[float]] = Phase("echo driven by the peer", cap)
+    samples: Dict[str, List[float]] = {client: [] for client in DRIVEN_CLIENTS}
+    for number in range(config.echo_rounds):
+        share = config.echo_count // config.echo_rounds
+        url = server.url(f"/drive?n={share}&size={ECHO_BYTES}&warmup={ECHO_WARMUP}")
+        for client in rotated(DRIVEN_CLIENTS, number):
+            values = phase.run(f"{client} round {number + 1}", partial(peer_echo, client=client, url=url, count=share))
             if values is not None:
                 samples[client].extend(values)
-    clients = {client: distribution(values) for client, values in samples.items()}
-    base = clients[WSC]["p50"]
-    for entry in clients.values():
-        entry["p50_ratio_to_websocket_client"] = entry["p50"] / base if entry["p50"] and base else None
-    return {"message_bytes": 32, "round_trips": config.echo_count, "clients": clients, **phase.summary()}
+    dists = {client: distribution(values) for client, values in samples.items()}
+    for client in DRIVEN_CLIENTS:
+        for stat in ("p50", "p99"):
+            dists[client][f"{stat}_ratio_to_websocket_client"] = ratio(dists[client][stat], dists[WSC][stat])
+    return {"message_bytes": ECHO_BYTES, "round_trips": config.echo_count, "us": dists, **phase.summary()}
 
 
 # -- the section ----------------------------------------------------------------------------------
 
 
-def teardown_paths_available() -> bool:
-    """True when the ``teardown_paths`` section imports: it supersedes the teardown phase here."""
-    try:
-        import benchmarks.teardown_paths  # noqa: F401
-    except Exception:  # noqa: BLE001 - any failure to import means "not available"
-        return False
-    return True
-
-
-def measure(
-    quick: bool, cap_seconds: float, include_teardown: Optional[bool] = None, rounds: Optional[int] = None
-) -> Dict[str, Any]:
-    """Run the phases within ``cap_seconds``, split evenly; the teardown phase as described above."""
+def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
+    """Run the phases within ``cap_seconds``: a quarter each."""
     config = QUICK if quick else FULL
-    rounds = rounds or config.rounds
-    if include_teardown is None:
-        include_teardown = not teardown_paths_available()
-    phase_cap = cap_seconds / (len(SIZES) + 1 + (1 if include_teardown else 0))
+    phase_cap = cap_seconds / 4
     result: Dict[str, Any] = {"mode": "quick" if quick else "full", "throughput": {}}
-    with PeerServer(max_seconds=cap_seconds + 120) as server:
+    with LoadServer(max_seconds=cap_seconds + 120) as server:
         for size in SIZES:
             print(f"... throughput, {size} B", file=sys.stderr, flush=True)
-            result["throughput"][str(size)] = throughput_phase(server, config, size, rounds, phase_cap)
-        print("... echo", file=sys.stderr, flush=True)
-        result["echo"] = echo_phase(server, config, rounds, phase_cap)
-        if include_teardown:
-            print("... teardown", file=sys.stderr, flush=True)
-            result["teardown"] = teardown_phase(server, config.teardown_trials, phase_cap)
-        lingered, alive = LINGERING.reap(15.0)
+            result["throughput"][str(size)] = one_way_phase(server, config, size, phase_cap)
+    with LoadServer(max_seconds=cap_seconds + 120, lean=True) as lean:
+        print("... echo driven by the client", file=sys.stderr, flush=True)
+        result["echo"] = client_echo_phase(lean, config, phase_cap)
+        print("... echo driven by the peer", file=sys.stderr, flush=True)
+        result["peer_echo"] = peer_echo_phase(lean, config, phase_cap)
+    lingered, alive = LINGERING.reap(15.0)
     result["websocketapp_threads_lingering_after_close"] = lingered
     result["websocketapp_threads_alive_after_15s"] = alive
     return result
 
 
 def format_table(result: Dict[str, Any]) -> str:
-    parts = [format_throughput(phase) for phase in result["throughput"].values()]
-    parts.append(format_echo(result["echo"]))
-    if "teardown" in result:
-        parts.append(format_teardown(result["teardown"]))
-    lingered = result.get("websocketapp_threads_lingering_after_close", 0)
+    parts = [format_one_way(phase) for phase in result["throughput"].values()]
+    parts += [
+        format_echo(
+            result["echo"],
+            "Echo driven by the client (send, then recv)",
+            "(wsc loop + one hand-off)",
+            "ratio_to_loop_plus_handoff",
+            CLIENT_ECHO_TARGET,
+        ),
+        format_echo(
+            result["peer_echo"],
+            "Echo driven by the peer (the server sends and times; the client echoes)",
+            "wsc loop",
+            "ratio_to_websocket_client",
+            PEER_ECHO_TARGET,
+        ),
+    ]
     parts.append(
-        f"WebSocketApp threads alive {APP_JOIN_TIMEOUT:g} s after close(): {lingered}"
-        f" (still alive after a further 15 s: {result.get('websocketapp_threads_alive_after_15s', 0)})"
+        f"WebSocketApp threads alive {SETTLE_TIMEOUT:g} s after close(): "
+        f"{result['websocketapp_threads_lingering_after_close']}"
+        f" (still alive after a further 15 s: {result['websocketapp_threads_alive_after_15s']})"
     )
     return "\n\n".join(parts)
 
 
-def format_throughput(result: Dict[str, Any]) -> str:
+def format_one_way(result: Dict[str, Any]) -> str:
     size, count = result["message_bytes"], result["messages_per_round"]
     lines = [
         f"One-way throughput: {count:,} binary messages of {size} B per round, median of {result['rounds']} rounds",
@@ -315,127 +419,103 @@ def format_throughput(result: Dict[str, Any]) -> str:
     for client, entry in result["clients"].items():
         rates = entry["rounds_msgs_per_s"]
         spread = f"{min(rates):>9,.0f}..{max(rates):,.0f} (n={len(rates)})" if rates else "-"
-        cpu = f"{fmt(entry['median_client_cpu_share'], '.2f')}/{fmt(entry['median_server_cpu_share'], '.2f')}"
+        cpu = f"{fmt(entry['median_client_cpu_share'])}/{fmt(entry['median_server_cpu_share'])}"
         lines.append(
-            f"{client:34} {fmt(entry['median_msgs_per_s'], ',.0f'):>10} {fmt(entry['median_MB_per_s'], '.2f'):>8}"
-            f" {fmt(entry['ratio_to_websocket_client'], '.2f'):>11} {cpu:>17}   {spread}"
+            f"{client:34} {fmt(entry['median_msgs_per_s'], ',.0f'):>10} {fmt(entry['median_MB_per_s']):>8}"
+            f" {fmt(entry['ratio_to_websocket_client']):>11} {cpu:>17}   {spread}"
         )
-    for client, ratio in result["duplexthreads_to_fastest_peer"].items():
-        lines.append(f"{client} / fastest peer ({result['fastest_peer']}): {fmt(ratio, '.2f')}")
+    for client, to_fastest in result["duplexthreads_to_fastest_peer"].items():
+        lines.append(f"{client} / fastest peer ({result['fastest_peer']}): {fmt(to_fastest)}")
     lines.append("(CPU: median share of one core over the timed part; a server near 1.00 is the limit, not the client)")
-    return "\n".join(lines + phase_notes(result))
+    return "\n".join(lines + notes_lines(result))
 
 
-def format_echo(result: Dict[str, Any]) -> str:
-    lines = [
-        f"Echo round trip, {result['message_bytes']} B, {result['round_trips']:,} round trips per client",
-        f"{'client':34} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9} {'n':>6} {'p50 vs wsc loop':>16}",
-    ]
-    for client, dist in result["clients"].items():
+def echo_rows(dists: Dict[str, Dict[str, Any]], ratio_key: str) -> List[str]:
+    lines = [f"{'':34} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9} {'n':>6} {'p50 vs wsc loop':>16}"]
+    for subject, dist in dists.items():
         lines.append(
-            f"{client:34} {micro(dist['p50']):>9} {micro(dist['p99']):>9} {micro(dist['max']):>9} {dist['n']:>6}"
-            f" {fmt(dist.get('p50_ratio_to_websocket_client'), '.2f'):>16}"
+            f"{subject:34} {fmt(dist['p50'], '.0f'):>9} {fmt(dist['p99'], '.0f'):>9} {fmt(dist['max'], '.0f'):>9}"
+            f" {dist['n']:>6} {fmt(dist.get(ratio_key)):>16}"
         )
-    return "\n".join(lines + phase_notes(result))
+    return lines
 
 
-#: Allowed regression of throughput ratios in --quick runs (see metrics()).
-QUICK_RATIO_TOLERANCE = 0.6
+def verdict(value: Optional[float], target: float) -> str:
+    return (
+        "not measured"
+        if value is None
+        else f"{value:.2f}x, target <= {target:g}x: {'met' if value <= target else 'NOT met'}"
+    )
+
+
+def format_echo(result: Dict[str, Any], title: str, against: str, key: str, target: float) -> str:
+    """An echo phase's table, then duplexthreads' ratios (``{p50,p99}_{key}``) against its target."""
+    dists = result["us"]
+    lines = [f"{title}, {result['message_bytes']} B, {result['round_trips']:,} round trips each"]
+    lines += echo_rows(dists, "p50_ratio_to_websocket_client")
+    if HANDOFF in dists:
+        lines.append(f"({HANDOFF}: half a round trip of two threads over queue.SimpleQueue)")
+    for client in BACKENDS:
+        p50, p99 = verdict(dists[client].get(f"p50_{key}"), target), fmt(dists[client].get(f"p99_{key}"))
+        lines.append(f"{client} / {against}: p50 {p50}; p99 {p99}x")
+    return "\n".join(lines + notes_lines(result))
+
+
+#: Quick rounds last tens of milliseconds: a one-way ratio moved by 43% between two quick runs on
+#: a quiet machine. Echo ratios of p50s over hundreds of round trips move far less; p99s more.
+ONE_WAY_TOLERANCE = {"quick": 0.6, "full": 0.35}
+ECHO_P50_TOLERANCE = 0.35
+ECHO_P99_TOLERANCE = 1.0
 
 
 def metrics(result: Dict[str, Any]) -> List[Metric]:
-    """Ratios to peers measured in the same run (the steadiest figures), and teardown leaks."""
+    """Ratios to peers measured in the same run: the steadiest figures there are."""
     found: List[Metric] = []
-    # Quick rounds last tens of milliseconds: a ratio moved by 43% between two quick runs on a
-    # quiet machine. Quick ratios get a looser tolerance than the checker's default.
-    tolerance = QUICK_RATIO_TOLERANCE if result.get("mode") == "quick" else None
+    tolerance = ONE_WAY_TOLERANCE[result.get("mode", "full")]
     for size, phase in result["throughput"].items():
-        for client, slug in SLUGS.items():
-            ratio = phase["clients"][client]["ratio_to_websocket_client"]
-            if ratio is not None:
-                found.append(
-                    Metric(f"throughput.{size}B.{slug}.ratio_to_wsc_loop", ratio, "x", "higher", tolerance=tolerance)
-                )
-            to_fastest = phase["duplexthreads_to_fastest_peer"].get(client)
-            if to_fastest is not None:
-                name = f"throughput.{size}B.{slug}.ratio_to_fastest_peer"
-                found.append(Metric(name, to_fastest, "x", "higher", tolerance=tolerance))
-    for client, slug in SLUGS.items():
-        ratio = result["echo"]["clients"][client].get("p50_ratio_to_websocket_client")
-        if ratio is not None:
-            found.append(Metric(f"throughput.echo.{slug}.p50_ratio_to_wsc_loop", ratio, "x", "lower"))
-    teardown = result.get("teardown")
-    if teardown is not None:
-        found.append(
-            Metric(
-                "throughput.teardown.threads_alive_after",
-                teardown["duplexthreads_threads_alive_after"],
-                "threads",
-                "lower",
-                leak=True,
-            )
-        )
-        found.append(
-            Metric(
-                "throughput.teardown.fd_delta_after_gc",
-                max(0, teardown["fd_delta_after_gc"]),
-                "fds",
-                "lower",
-                leak=True,
-            )
-        )
-        for backend, modes in teardown["backends"].items():
-            p99 = modes["abort()"]["trigger_to_wait_seconds"]["p99"]
-            if p99 is not None:
-                found.append(Metric(f"throughput.teardown.{backend}.abort.p99_ms", p99 * 1e3, "ms", "lower"))
+        for client in BACKENDS:
+            prefix = f"throughput.{size}B.{SLUGS[client]}"
+            values = {
+                "ratio_to_wsc_loop": phase["clients"][client]["ratio_to_websocket_client"],
+                "ratio_to_fastest_peer": phase["duplexthreads_to_fastest_peer"].get(client),
+            }
+            found += [
+                Metric(f"{prefix}.{key}", v, "x", "higher", tolerance=tolerance)
+                for key, v in values.items()
+                if v is not None
+            ]
+    for client in BACKENDS:
+        echo, driven = result["echo"]["us"][client], result["peer_echo"]["us"][client]
+        candidates = [
+            (
+                f"throughput.echo.{SLUGS[client]}.p50_ratio_to_wsc_loop",
+                echo["p50_ratio_to_websocket_client"],
+                ECHO_P50_TOLERANCE,
+            ),
+            (
+                f"throughput.echo.{SLUGS[client]}.p50_ratio_to_loop_plus_handoff",
+                echo["p50_ratio_to_loop_plus_handoff"],
+                ECHO_P50_TOLERANCE,
+            ),
+            (
+                f"throughput.echo.{SLUGS[client]}.p99_ratio_to_loop_plus_handoff",
+                echo["p99_ratio_to_loop_plus_handoff"],
+                ECHO_P99_TOLERANCE,
+            ),
+            (
+                f"throughput.peer_echo.{SLUGS[client]}.p50_ratio_to_wsc_loop",
+                driven["p50_ratio_to_websocket_client"],
+                ECHO_P50_TOLERANCE,
+            ),
+        ]
+        found += [
+            Metric(name, value, "x", "lower", tolerance=tol) for name, value, tol in candidates if value is not None
+        ]
     return found
 
 
-# -- the standalone script ------------------------------------------------------------------------
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run: fewer messages, rounds and trials")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
-    parser.add_argument("--rounds", type=int, help="rounds per client (default 5, or 3 with --quick)")
-    parser.add_argument("--cap", type=float, help="seconds the whole run may take (default 480, or 120 with --quick)")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    results: Dict[str, Any] = {
-        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
-        "machine": machine_info(),
-        "load_average_start": load_average(),
-    }
-    print(
-        f"duplexthreads {duplexthreads.__version__}, Python {results['machine']['python']}, "
-        f"{results['machine']['cpu_count']} CPUs, {results['mode']} run, server in a child process"
-    )
-    section = measure(
-        args.quick, args.cap or (120.0 if args.quick else 480.0), include_teardown=True, rounds=args.rounds
-    )
-    results.update(section)
-    print()
-    print(format_table(section))
-    results["leftover_threads"] = leftover_threads()
-    results["load_average_end"] = load_average()
-    results["seconds"] = time.monotonic() - started
-    print(f"\nthreads left at the end (must be none): {results['leftover_threads'] or 'none'}")
-    print(
-        f"load average at start {results['load_average_start']}, at end {results['load_average_end']}; "
-        f"total {results['seconds']:.1f} s"
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    phases = [*section["throughput"].values(), section["echo"], section["teardown"]]
-    problems = (
-        any(not p["complete"] or p["notes"] for p in phases)
-        or section["teardown"]["duplexthreads_threads_alive_after"]
-        or results["leftover_threads"]
-    )
-    return 1 if problems else 0
+    return run_standalone(NAME, measure, format_table, metrics, (180.0, 60.0), argv)
 
 
 if __name__ == "__main__":
