@@ -62,7 +62,7 @@ GRACE = 60.0
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 REPO = Path(__file__).resolve().parent.parent
 
-OK = "ok"
+OK = check.SECTION_OK
 FAILED = "failed"
 TIMED_OUT = "timed out"
 NOT_AVAILABLE = "not available"

@@ -14,9 +14,12 @@ The rule, per :class:`~benchmarks._metrics.Metric` (matched by ``name``):
   same run, which move far less than absolute rates.
 - A value that is not a finite number FAILs.
 - A metric the baseline does not have is reported as NEW and does not fail (unless it leaks).
-- A baseline metric this run did not produce (its section was skipped with ``--only``, not
-  available, or no longer reports it) is reported as NOT MEASURED and does not fail; a section
-  that failed makes the run fail on its own.
+- A section of this run that could not be imported or did not run to the end (not available,
+  failed, timed out) FAILs, one verdict naming the section and why: a check whose figures went
+  missing must not pass.
+- A baseline metric this run did not produce FAILs when its section ran (the section no longer
+  reports it: renamed, or its trials produced nothing); write a new baseline when names change.
+  When its section was not selected (``--only``), it is NOT MEASURED and does not fail.
 
 Everything here is a pure function of the two result documents, so it is unit-tested without
 a network (tests/unit/test_benchmark_check.py).
@@ -36,6 +39,9 @@ PASS = "PASS"
 FAIL = "FAIL"
 NEW = "NEW"
 NOT_MEASURED = "NOT MEASURED"
+
+#: A section's status in a result document when it ran to the end; anything else is a failure.
+SECTION_OK = "ok"
 
 
 @dataclass(frozen=True)
@@ -104,16 +110,42 @@ def judge(metric: Mapping[str, Any], base: Optional[Mapping[str, Any]], default_
 def compare(
     results: Mapping[str, Any], baseline: Mapping[str, Any], default_tolerance: float = DEFAULT_TOLERANCE
 ) -> List[Verdict]:
-    """Verdicts for every metric of ``results``, then NOT MEASURED for the baseline's others."""
+    """Verdicts for every section that did not run to the end, every metric of ``results``, then
+    the baseline's metrics this run did not produce (see the module docstring)."""
+    sections = results.get("sections", {})
     current = metrics_by_name(results)
     previous = metrics_by_name(baseline)
-    verdicts = [judge(metric, previous.get(name), default_tolerance) for name, metric in current.items()]
-    for name, metric in previous.items():
-        if name not in current:
-            verdicts.append(
-                Verdict(name, NOT_MEASURED, None, metric.get("value"), metric.get("unit", ""), "not measured this run")
-            )
+    verdicts = []
+    for name, entry in sections.items():
+        if entry.get("status") != SECTION_OK:
+            lost = [metric for metric in section_metrics(baseline, name) if metric["name"] not in current]
+            detail = f"{entry.get('status')}: {error_line(entry.get('error'))}; {len(lost)} baseline metric(s) lost"
+            verdicts.append(Verdict(f"section {name}", FAIL, None, None, "", detail))
+    verdicts += [judge(metric, previous.get(name), default_tolerance) for name, metric in current.items()]
+    for section in baseline.get("sections", {}):
+        if section in sections and sections[section].get("status") != SECTION_OK:
+            continue  # its own verdict above says what was lost
+        for metric in section_metrics(baseline, section):
+            if metric["name"] not in current:
+                status, detail = (
+                    (NOT_MEASURED, "its section was not run")
+                    if section not in sections
+                    else (FAIL, f"missing: section {section} ran but did not report it")
+                )
+                verdicts.append(
+                    Verdict(metric["name"], status, None, metric.get("value"), metric.get("unit", ""), detail)
+                )
     return verdicts
+
+
+def section_metrics(document: Mapping[str, Any], section: str) -> List[Dict[str, Any]]:
+    return list((document.get("sections", {}).get(section) or {}).get("metrics") or [])
+
+
+def error_line(text: Optional[str]) -> str:
+    """The line of an error that says the most (a traceback's last), or "no error text"."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error text"
 
 
 def format_verdicts(verdicts: List[Verdict]) -> str:
@@ -129,7 +161,7 @@ def format_verdicts(verdicts: List[Verdict]) -> str:
         then = "-" if v.baseline is None else f"{v.baseline:.4g}"
         lines.append(f"{v.status:4} {v.name:64} {now:>10} vs {then:>10} {v.unit:8} {v.detail}")
     for prefix, count in unmeasured.items():
-        lines.append(f"{NOT_MEASURED}: {count} baseline metric(s) {prefix}.* (section not run, or no longer reported)")
+        lines.append(f"{NOT_MEASURED}: {count} baseline metric(s) {prefix}.* (section not run)")
     counts: Dict[str, int] = {}
     for v in verdicts:
         counts[v.status] = counts.get(v.status, 0) + 1
