@@ -52,7 +52,7 @@ CAPS: Dict[str, Tuple[float, float]] = {
     "throughput": (180.0, 60.0),
     "teardown_paths": (150.0, 45.0),
     "idle": (100.0, 40.0),
-    "scale": (420.0, 120.0),
+    "scale": (420.0, 150.0),
     "naive": (90.0, 15.0),
     "soak": (180.0, 30.0),
 }

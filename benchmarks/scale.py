@@ -374,16 +374,19 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
         alive[name] = alive.get(name, 0) + trial["threads_alive_at_bound"]
         if trial["round"] != 1:
             continue
-        if trial["all_gone_seconds"] is not None:
-            found.append(Metric(f"{prefix}.{mode}.all_gone_s", trial["all_gone_seconds"], "s", "lower"))
+        in_rounds = count == result["side_by_side"]["connections"] and (client, mode) in SIDE_BY_SIDE
+        if trial["all_gone_seconds"] is not None and not in_rounds:
+            # One trial's seconds of thread wake-ups on a shared machine: rounds of the same trial
+            # spread by 70% in one run. Only a doubling is news. At the largest N, the median of
+            # the rounds (below) is the figure.
+            found.append(Metric(f"{prefix}.{mode}.all_gone_s", trial["all_gone_seconds"], "s", "lower", tolerance=1.0))
         if mode == "abort":
             found.append(Metric(f"{prefix}.rss_kib_per_conn", trial["rss_kib_per_conn"], "KiB", "lower"))
             theirs = find(result, WSS, "close", count)
             if theirs and theirs["rss_kib_per_conn"] > 0:
                 rss_ratio = trial["rss_kib_per_conn"] / theirs["rss_kib_per_conn"]
                 found.append(Metric(f"{prefix}.rss_ratio_to_websockets", rss_ratio, "x", "lower"))
-    # Medians over the rounds: steadier than any one trial. Seconds of thread wake-ups on a shared
-    # machine move a lot; only a doubling is news.
+    # Medians over the rounds: steadier than any one trial, but the same kind of figure.
     found += [Metric(name, value, "threads", "lower", leak=True) for name, value in alive.items()]
     count = result["side_by_side"]["connections"]
     for entry in result["side_by_side"]["ways"].values():
@@ -394,7 +397,7 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_standalone(NAME, measure, format_table, metrics, (420.0, 90.0), argv)
+    return run_standalone(NAME, measure, format_table, metrics, (420.0, 150.0), argv)
 
 
 if __name__ == "__main__":

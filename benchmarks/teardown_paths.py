@@ -498,9 +498,10 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
                 continue
             prefix = f"{NAME}.{BACKENDS[subject]}.{path}"
             if entry["ms"]["p99"] is not None:
-                # Sub-millisecond figures on a shared machine: only a doubling is news. The silent
+                # Sub-millisecond figures on a shared machine: only a doubling is news, and in a
+                # quick run (40 trials) p99 is the slowest trial, so only a tripling. The silent
                 # path is close_timeout plus that, so it is steadier.
-                tolerance = 0.25 if path == SILENT_CLOSE else 1.0
+                tolerance = 0.25 if path == SILENT_CLOSE else 2.0 if result["mode"] == "quick" else 1.0
                 found.append(Metric(f"{prefix}.p99_ms", entry["ms"]["p99"], "ms", "lower", tolerance=tolerance))
             found.append(Metric(f"{prefix}.threads_left", entry["threads_left"], "threads", "lower", leak=True))
             found.append(Metric(f"{prefix}.fds_left", entry["fds_left"], "fds", "lower", leak=True))
