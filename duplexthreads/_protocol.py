@@ -286,6 +286,8 @@ class ExitProtocol:
                 )
                 for role, body in bodies.items()
             }
+        # From now on the writer exists to take over what a direct write cannot finish.
+        self.outbound.allow_direct()
         try:
             for thread in self._workers.values():
                 thread.start()
@@ -539,6 +541,10 @@ class ExitProtocol:
         close tears down at once, so then no reply is sent and shutdown() interrupts the write.
         The reply itself is bounded: nothing could wake the owner from a stuck write.
         """
+        # A send() writing directly cannot block: let it finish. If it left part of a frame
+        # on the wire, a close frame now would land inside it.
+        if not self.outbound.wait_direct_done(WAKE_TIMEOUT) or self.outbound.partial_frame_pending():
+            return
         if "writer" not in self._exits:
             if writer_busy:
                 return
@@ -571,6 +577,8 @@ class ExitProtocol:
                 closing_deadline = self._stopped_at + self.close_timeout
             if closing_deadline is not None and backstop is not None:
                 limit = min(backstop, closing_deadline)
+        # Never close the socket under a send() still writing to it directly (microseconds).
+        self.outbound.wait_direct_done(remaining(backstop))
         self._close_attempted = True
         self.transport.close(remaining(limit), clean=self._clean)
         return self._build_report(cause)
@@ -609,7 +617,7 @@ class ExitProtocol:
             close_code=code,
             close_reason=reason,
             unsent=unsent,
-            written=writer.written if writer else 0,
+            written=(writer.written if writer else 0) + self.outbound.direct_written,
             teardown_seconds=time.monotonic() - self._stopped_at,
             lingering=lingering,
             close_sent=self._sent,

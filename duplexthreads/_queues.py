@@ -9,19 +9,44 @@ The outbound queue also keeps the writer's hand-over honest: :meth:`SealableQueu
 marks the consumer busy under the queue's own lock, and :meth:`SealableQueue.stop` seals and
 reads that mark under the same lock. So whoever stops the queue knows for certain whether the
 writer may be inside a write, with no window in between (see ``_protocol.py``, step 2).
+
+The same lock lets a producer write past the queue (``send()`` writing in the caller's thread):
+:meth:`SealableQueue.claim_direct` succeeds only while the queue is empty and nobody is writing,
+so every message accepted earlier is already out and order holds; until
+:meth:`SealableQueue.release_direct`, the consumer takes nothing. What the direct write could
+not finish goes back to the head of the queue as :class:`Resume`, for the writer to complete.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Generic, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
 
 class Sealed(Exception):
     """The queue is sealed: no more puts; or, for gets, sealed and empty."""
+
+
+class Resume:
+    """A message whose frame a direct write began: ``rest`` is what remains to be written.
+
+    ``rest`` is the transport's own (the unwritten bytes of the frame, say), or None when
+    nothing is known to have been written and the message is to be sent whole.
+    """
+
+    __slots__ = ("message", "rest")
+
+    def __init__(self, message: Any, rest: object) -> None:
+        self.message = message
+        self.rest = rest
+
+
+def message_of(item: Any) -> Any:
+    """The application's message behind an outbound item."""
+    return item.message if isinstance(item, Resume) else item
 
 
 class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
@@ -44,6 +69,13 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         # True from the moment get_batch() hands over work until batch_done(): the consumer
         # may be inside a write.
         self._busy = False
+        # True while a producer writes past the queue (claim_direct() to release_direct()).
+        self._direct = False
+        # Whether a producer may write past the queue: from allow_direct() (the consumer is
+        # running) until retire() (it left for good without being stopped).
+        self._direct_allowed = False
+        # Messages written completely by direct writes.
+        self.direct_written = 0
 
     @property
     def sealed(self) -> bool:
@@ -80,6 +112,54 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self._sealed = self._stopped = True
             self.not_empty.notify_all()
             return self._busy
+
+    @property
+    def writing_directly(self) -> bool:
+        return self._direct
+
+    def claim_direct(self) -> bool:
+        """Take the right to write one message past the queue: only while it is empty, open,
+        and nobody is writing. The consumer then waits until :meth:`release_direct`."""
+        with self.mutex:
+            if self._direct or self._busy or self._sealed or not self._direct_allowed or self._qsize():
+                return False
+            self._direct = True
+            return True
+
+    def release_direct(self, message: T, rest: object, complete: bool) -> None:
+        """End a direct write: ``complete``, or what is left of ``message`` to the writer first."""
+        with self.mutex:
+            self._direct = False
+            if complete:
+                self.direct_written += 1
+            else:
+                # At the head, whatever the bound: it was accepted before anything queued since.
+                self.queue.appendleft(Resume(message, rest))
+                self.unfinished_tasks += 1
+            self.not_empty.notify_all()
+
+    def wait_direct_done(self, timeout: Optional[float]) -> bool:
+        """Wait until no direct write is under way; False if one still is after ``timeout``."""
+        with self.mutex:
+            return self.not_empty.wait_for(lambda: not self._direct, timeout)
+
+    def partial_frame_pending(self) -> bool:
+        """Whether a direct write left part of a frame on the wire that nobody finished."""
+        with self.mutex:
+            head = self.queue[0] if self._qsize() else None
+            return isinstance(head, Resume) and head.rest is not None
+
+    def allow_direct(self) -> None:
+        """The consumer is starting: producers may write past the queue while it is idle."""
+        with self.mutex:
+            self._direct_allowed = True
+
+    def retire(self) -> None:
+        """The consumer leaves for good, not busy, and nobody may write past it any more."""
+        with self.mutex:
+            self._busy = False
+            self._direct_allowed = False
+            self.not_empty.notify_all()
 
     def lift_bound(self) -> None:
         """Make the queue unbounded from now on, waking producers blocked on it being full."""
@@ -144,9 +224,9 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self._busy = False
 
     def drain(self) -> List[T]:
-        """Take everything left, without blocking."""
+        """Take every message left, without blocking."""
         with self.mutex:
-            items = [self._get() for _ in range(self._qsize())]
+            items = [message_of(self._get()) for _ in range(self._qsize())]
             self.not_full.notify_all()
             return items
 
@@ -159,7 +239,7 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         return self._sealed or bool(self._qsize())
 
     def _work_or_stop(self) -> bool:
-        return self._stopped or self._sealed or bool(self._qsize())
+        return self._stopped or (not self._direct and (self._sealed or bool(self._qsize())))
 
 
-__all__ = ["SealableQueue", "Sealed"]
+__all__ = ["Resume", "SealableQueue", "Sealed", "message_of"]

@@ -7,9 +7,9 @@ exit protocol from ``finally``, whatever happens, so the owner can always count 
 from __future__ import annotations
 
 import threading
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-from ._queues import SealableQueue, Sealed
+from ._queues import Resume, SealableQueue, Sealed, message_of
 from .exceptions import ConnectionClosed, TransportError
 from .report import Message, WorkerExit
 from .transports.base import CloseFrame, PeerClosingError, Transport, WriteError
@@ -63,7 +63,9 @@ def write_loop(transport: Transport, outbound: SealableQueue[Message], quit: thr
 
     A sealed queue that runs dry with ``then_close`` set is a graceful close: everything
     accepted was written, so the writer sends our close frame and ends. A stopped queue ends
-    the writer at once; what it holds goes back to the owner as ``unwritten``.
+    the writer at once; what it holds goes back to the owner as ``unwritten``. A batch may
+    start with a :class:`Resume`: the rest of a frame that ``send()`` began writing directly,
+    which must go out before anything else.
 
     Whatever escapes a write, the count stays exact: a transport raises :class:`WriteError`
     with the number of messages written once any byte of the batch may be out, and any other
@@ -71,7 +73,7 @@ def write_loop(transport: Transport, outbound: SealableQueue[Message], quit: thr
     """
     written = 0
     while True:
-        batch: List[Message] = outbound.get_batch(MAX_BATCH)
+        batch: List[Any] = outbound.get_batch(MAX_BATCH)
         if not batch:
             close = None if outbound.stopped else outbound.then_close
             if close is None:
@@ -81,22 +83,36 @@ def write_loop(transport: Transport, outbound: SealableQueue[Message], quit: thr
             except BaseException as exc:  # noqa: BLE001 - the report carries it to the owner
                 return WorkerExit("writer", error=exc, written=written)
             return WorkerExit("writer", close_sent=close, written=written)
+        done = 0  # messages of this batch written completely
         try:
-            transport.send_batch(batch)
+            head = batch[0]
+            if isinstance(head, Resume):
+                if head.rest is None:
+                    transport.send_batch([head.message])
+                else:
+                    transport.send_rest(head.rest)
+                done = 1
+            if len(batch) > done:
+                transport.send_batch(batch[done:] if done else batch)
         except PeerClosingError as exc:
             # The reader is about to report the peer's close frame and end the connection;
             # let it. Everything from here on goes back unwritten.
-            written += exc.written
-            outbound.batch_done()
+            written += done + exc.written
+            outbound.retire()
             quit.wait()
-            return WorkerExit("writer", unwritten=tuple(batch[exc.written :]), written=written)
+            return WorkerExit("writer", unwritten=_messages(batch[done + exc.written :]), written=written)
         except WriteError as exc:
-            written += exc.written
-            return WorkerExit("writer", error=exc, unwritten=tuple(batch[exc.written :]), written=written)
-        except BaseException as exc:  # noqa: BLE001 - nothing of the batch left: it goes back whole
-            return WorkerExit("writer", error=exc, unwritten=tuple(batch), written=written)
+            written += done + exc.written
+            return WorkerExit("writer", error=exc, unwritten=_messages(batch[done + exc.written :]), written=written)
+        except BaseException as exc:  # noqa: BLE001 - the rest of the batch goes back whole
+            written += done
+            return WorkerExit("writer", error=exc, unwritten=_messages(batch[done:]), written=written)
         written += len(batch)
         outbound.batch_done()
+
+
+def _messages(items: List[Any]) -> Tuple[Message, ...]:
+    return tuple(message_of(item) for item in items)
 
 
 def extra_worker(role: str, target: Callable[[threading.Event], None], quit: threading.Event) -> WorkerExit:

@@ -69,6 +69,7 @@ class Duplex:
         self.id = transport.connection_id
         self.close_timeout = timeout_arg(close_timeout, "close_timeout")
         self._receives_by_callback = on_message is not None
+        self._direct_writes = transport.direct_writes
         self._protocol = ExitProtocol(
             transport,
             on_message=on_message,
@@ -178,8 +179,20 @@ class Duplex:
             protocol.check_usable()
         if timeout is not None:
             timeout = timeout_arg(timeout, "timeout")
+        outbound = protocol.outbound
+        if self._direct_writes and outbound.claim_direct():
+            # The writer is idle and nothing is queued: write here and spare a thread hand-off.
+            # The write cannot block; what it could not finish goes to the writer, in order.
+            rest: Optional[object] = item
+            try:
+                rest = self.transport.send_now(item)
+            finally:
+                # If an exception escaped (Ctrl-C between bytecodes), the message is resent
+                # whole: send_now itself never raises once a byte is out.
+                outbound.release_direct(item, None if rest is item else rest, complete=rest is None)
+            return
         try:
-            protocol.outbound.put(item, timeout=timeout)
+            outbound.put(item, timeout=timeout)
         except Sealed:
             raise self._closed_error(deadline_after(timeout)) from None
         except queue.Full:

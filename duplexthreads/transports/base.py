@@ -100,6 +100,28 @@ class Transport(ABC):
         may have been written; any other exception means nothing of the batch was written.
         """
 
+    #: Whether :meth:`send_now` may be used: ``send()`` then writes in the caller's thread when
+    #: the writer is idle, sparing a thread hand-off. Transports that cannot write without
+    #: blocking (or do not want to) leave it False and everything goes through the writer.
+    direct_writes: bool = False
+
+    def send_now(self, message: Message) -> Optional[object]:
+        """Write ``message`` as one frame without blocking, from a thread holding the writer's role.
+
+        Returns None once the whole frame is written; otherwise what is left of it (the whole
+        frame if nothing could be written), for :meth:`send_rest` to finish. Never raises for
+        a failed socket: it returns what is left, and the writer meets the failure itself.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not write directly")
+
+    def send_rest(self, rest: object) -> None:
+        """Finish a frame :meth:`send_now` began, blocking like :meth:`send_batch`.
+
+        Called only from the writer thread; raises :class:`WriteError` (``written`` 0) if the
+        frame could not be completed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not write directly")
+
     @abstractmethod
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         """Send our close frame (or the reply to the peer's). Raises :class:`TransportError`.

@@ -78,6 +78,22 @@ class MemoryTransport(Transport):
     def send_batch(self, messages: Sequence[Message]) -> None:
         self._deliver(list(messages))
 
+    #: Direct writes are on, so the unit tests exercise them with every fault.
+    direct_writes = True
+
+    def send_now(self, message: Message) -> Optional[object]:
+        with self._cond:
+            if self._writes_hang or self._write_delay or self._write_fault is not None:
+                return message  # it would block or fail: leave it whole to the writer
+            try:
+                self._deliver([message])
+            except TransportError:
+                return message  # the writer meets the failure and reports it
+        return None
+
+    def send_rest(self, rest: object) -> None:
+        self._deliver([rest])
+
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         self._deliver([CloseFrame(code, reason)], timeout)
 

@@ -151,6 +151,7 @@ def test_any_exception_out_of_a_write_keeps_the_count_exact(
         original_send_batch(messages)
 
     monkeypatch.setattr(ours, "send_batch", fails_on_the_third_batch)
+    monkeypatch.setattr(conn, "_direct_writes", False)  # every message through the writer
     conn.start()
     sent = ["m0", "m1", "m2"]
     for count, message in enumerate(sent[:2], start=1):
