@@ -34,6 +34,8 @@ from typing import (
     TypeVar,
 )
 
+from .. import _registry
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _FD_DIR = "/proc/self/fd"
@@ -154,6 +156,15 @@ class _Counts:
     rss_kib: Optional[int]
 
 
+def _describe_connection(conn: Any) -> str:
+    """Where an open connection was opened: a connection lives until closed, referenced or not."""
+    places = "; ".join(f"{file}:{line} in {function}" for file, line, function in conn.opened_at)
+    return (
+        f"duplexthreads connection {conn.connection_id} ({conn.transport.backend}) is still open "
+        f"({conn.phase.value}); opened at {places or 'an unknown place'}; close() it (or abort())"
+    )
+
+
 def _take(*, fds: bool) -> Tuple[List[threading.Thread], _Resources, _Counts]:
     """One look at the process: its threads in ``threading``'s order, its resources, its counts."""
     # OS threads first: a thread that ends in between is then at worst listed by the OS and
@@ -222,6 +233,10 @@ class LeakCheck:
         self.leaked_fds: Dict[int, str] = {}
         #: KiB the resident set grew between start and verify; None before verify or without /proc.
         self.rss_growth_kib: Optional[int] = None
+        #: duplexthreads connections opened in the block and still open: one line each, saying
+        #: where the application opened it (their threads and sockets are among the leaks).
+        self.leaked_connections: Tuple[str, ...] = ()
+        self._connections_before: FrozenSet[int] = frozenset()
         self._before: Optional[_Counts] = None
         self._after: Optional[_Counts] = None
 
@@ -252,6 +267,7 @@ class LeakCheck:
     def start(self) -> LeakCheck:
         """Take the snapshot that :meth:`verify` compares against; ``with`` calls it for you."""
         self._reset()
+        self._connections_before = frozenset(conn.connection_id for conn in _registry.live())
         _, self._baseline, self._before = _take(fds=self.check_fds)
         return self
 
@@ -365,6 +381,11 @@ class LeakCheck:
             self.rss_growth_kib = None
         else:
             self.rss_growth_kib = self._after.rss_kib - self._before.rss_kib
+        self.leaked_connections = tuple(
+            _describe_connection(conn)
+            for conn in _registry.live()
+            if conn.connection_id not in self._connections_before
+        )
 
     def _ignored(self, name: str) -> bool:
         return any(pattern.search(name) for pattern in self.ignore_threads)
@@ -388,6 +409,7 @@ class LeakCheck:
             found.append(f"RSS grew {self.rss_growth_kib} KiB (limit {self.max_rss_growth_kib} KiB)")
         lines = [f"leak{where} after {self.timeout:g} s: " + (", ".join(found) or "nothing left")]
         lines.append(self._counts_line())
+        lines.extend(self.leaked_connections)
         frames = sys._current_frames()
         for thread in self.leaked_threads:
             lines.append(f"thread {thread.name!r} (daemon={thread.daemon}) still alive at:")

@@ -9,7 +9,9 @@ from typing import Iterator, List
 
 import pytest
 
+from duplexthreads import Duplex
 from duplexthreads.testing import LeakCheck, LeakError, _leaks, open_fds, os_threads, rss_kib
+from duplexthreads.transports import memory_pair
 
 from ..timing import UNIT
 
@@ -334,3 +336,25 @@ def test_without_proc_only_threading_is_checked(monkeypatch: pytest.MonkeyPatch,
             leaker.start()
     assert leak.value.threads == (leaker.thread,)
     assert "OS threads: unknown (no /proc)" in str(leak.value)
+
+
+def test_the_report_names_an_open_connection_and_where_it_was_opened() -> None:
+    """A connection lives until it is closed, even with nothing referencing it: dropping it
+    leaks its threads and socket, and the leak report says which connection and where."""
+    check = LeakCheck(timeout=0.05).start()
+    ours, theirs = memory_pair()
+    conn = Duplex(ours).start()  # opened here, on this line
+    opened_line = conn.opened_at[0]
+    try:
+        assert not check.verify(raise_error=False)
+        assert len(check.leaked_connections) == 1
+        message = str(check.error())
+        assert f"duplexthreads connection {conn.id} (memory) is still open (open)" in message
+        assert opened_line[0] == __file__ and opened_line[2] == (
+            "test_the_report_names_an_open_connection_and_where_it_was_opened"
+        )
+        assert f"{__file__}:{opened_line[1]}" in message
+    finally:
+        conn.abort()
+        theirs.close()
+    assert check.verify(raise_error=False) and check.leaked_connections == ()
