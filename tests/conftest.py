@@ -7,8 +7,11 @@ covers the setup, call and teardown of each test."""
 from __future__ import annotations
 
 import gc
+from typing import Iterator
 
 import pytest
+
+from duplexthreads.testing import ScriptedPeer
 
 from .timing import UNIT
 
@@ -25,3 +28,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # (modules, test items) leaves each collection only what the tests made: a few seconds a run.
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture(scope="session")
+def scripted_server() -> Iterator[ScriptedPeer]:
+    """One scripted peer (in a child process) that the client kinds of the conformance suite
+    connect to; each test claims its own connection of it."""
+    with ScriptedPeer(timeout=10 * UNIT) as peer:
+        yield peer

@@ -1,30 +1,34 @@
 """Builders that open one connection of each kind against a scripted peer.
 
-``KINDS`` names the four sides the conformance suite runs on: the memory transport, the two
-client backends against a wsproto peer acting as server, and simple-websocket's server side
-(inside a WSGI-style environ) against a wsproto peer acting as client.
+``KINDS`` names the four sides the conformance suite runs on: the memory transport (against a
+:class:`MemoryPeer`), the two client backends against the public scripted peer acting as
+server, and simple-websocket's server side (inside a WSGI-style environ) against the scripted
+peer acting as client. The scripted peers run in child processes, so a leak check of the test
+process counts only what the code under test holds.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Union
-
-from wsproto import ConnectionType
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import duplexthreads
 from duplexthreads import Duplex
+from duplexthreads.testing import PeerConnection, ScriptedClient, ScriptedPeer
 from duplexthreads.transports import memory_pair
 
-from .peers import MemoryPeer, RawPeer
+from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 KINDS = ["memory", "websocket-client", "simple-websocket", "simple-websocket-server"]
 
-Peer = Union[MemoryPeer, RawPeer]
+Peer = Union[MemoryPeer, PeerConnection]
+
+_paths = itertools.count(1)
 
 
 class Listener:
@@ -90,43 +94,46 @@ class Endpoints:
 
     def close_all(self) -> None:
         self.conn.abort()
-        self.peer.stop()
+        if isinstance(self.peer, MemoryPeer):
+            self.peer.stop()
         for step in self._cleanup:
             step()
 
 
-def open_endpoints(kind: str, **duplex_options: Any) -> Endpoints:
-    """Open a started connection of ``kind`` and its peer."""
+def open_endpoints(kind: str, server: Optional[ScriptedPeer] = None, **duplex_options: Any) -> Endpoints:
+    """Open a started connection of ``kind`` and its peer.
+
+    The client kinds connect to ``server``, a scripted peer shared by the tests (each test
+    gets its own connection of it, in the order connections are opened).
+    """
     if kind == "memory":
         ours, theirs = memory_pair()
         conn = Duplex(ours, **duplex_options).start()
         return Endpoints(kind, conn, MemoryPeer(theirs))
     if kind in ("websocket-client", "simple-websocket"):
-
-        def serve(sock: socket.socket) -> RawPeer:
-            peer = RawPeer(sock, ConnectionType.SERVER)
-            peer.serve_handshake()
-            return peer
-
-        listener = Listener(serve)
+        assert server is not None, "the client kinds need a scripted peer to connect to"
+        # A path of its own, so that a connection an earlier failed test left unclaimed on the
+        # shared peer is never mistaken for this one.
+        target = f"/conn-{next(_paths)}"
+        conn = duplexthreads.connect(server.url.rstrip("/") + target, backend=kind, **duplex_options)
         try:
-            conn = duplexthreads.connect(f"ws://127.0.0.1:{listener.port}/", backend=kind, **duplex_options)
-            peer = listener.result()
-        finally:
-            listener.close()
-        return Endpoints(kind, conn, peer)
+            remote = server.next_connection(timeout=10 * UNIT)
+            while remote.request_target != target:
+                remote = server.next_connection(timeout=10 * UNIT)
+        except BaseException:
+            conn.abort()
+            raise
+        return Endpoints(kind, conn, remote)
     if kind == "simple-websocket-server":
         listener = Listener(lambda sock: duplexthreads.accept(read_environ(sock), **duplex_options))
-        client = socket.create_connection(("127.0.0.1", listener.port), timeout=10 * UNIT)
-        client.settimeout(None)
+        client = ScriptedClient(f"ws://127.0.0.1:{listener.port}/", timeout=10 * UNIT)
         try:
-            peer = RawPeer(client, ConnectionType.CLIENT)
-            peer.client_handshake()
+            remote = client.open()
             conn = listener.result()
         except BaseException:
             client.close()
             raise
         finally:
             listener.close()
-        return Endpoints(kind, conn, peer)
+        return Endpoints(kind, conn, remote, [client.close])
     raise ValueError(kind)

@@ -9,18 +9,19 @@ import pytest
 
 import duplexthreads
 from duplexthreads import Duplex, Reason
+from duplexthreads.testing import ScriptedPeer
 from duplexthreads.transports import memory_pair
 
 from .harness import KINDS, Endpoints, open_endpoints
-from .peers import MemoryPeer
+from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
 
 @pytest.fixture
-def endpoints(request: pytest.FixtureRequest) -> Iterator[List[Endpoints]]:
-    opened = [open_endpoints(kind) for kind in KINDS for _ in range(3)]
+def endpoints(scripted_server: ScriptedPeer) -> Iterator[List[Endpoints]]:
+    opened = [open_endpoints(kind, scripted_server) for kind in KINDS for _ in range(3)]
     yield opened
     for pair in opened:
         pair.close_all()

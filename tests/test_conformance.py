@@ -19,9 +19,11 @@ from duplexthreads import (
     ConnectionClosedOK,
     Duplex,
     ExitReport,
+    ProtocolError,
     Reason,
     TransportError,
 )
+from duplexthreads.testing import VIOLATIONS, ScriptedPeer
 from duplexthreads.transports import MemoryTransport
 
 from .harness import KINDS, Endpoints, open_endpoints
@@ -35,17 +37,25 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class Opened(List[Endpoints]):
+    """What a test opened, and the shared scripted peer its client kinds connect to."""
+
+    def __init__(self, server: ScriptedPeer) -> None:
+        super().__init__()
+        self.server = server
+
+
 @pytest.fixture
-def opened(kind: str) -> Iterator[List[Endpoints]]:
+def opened(kind: str, scripted_server: ScriptedPeer) -> Iterator[Opened]:
     """Collects what a test opens, and cleans it up even when the test fails."""
-    opened: List[Endpoints] = []
+    opened = Opened(scripted_server)
     yield opened
     for endpoints in opened:
         endpoints.close_all()
 
 
-def open_pair(opened: List[Endpoints], kind: str, **options: Any) -> Endpoints:
-    endpoints = open_endpoints(kind, **options)
+def open_pair(opened: Opened, kind: str, **options: Any) -> Endpoints:
+    endpoints = open_endpoints(kind, opened.server, **options)
     opened.append(endpoints)
     return endpoints
 
@@ -78,7 +88,7 @@ def assert_accounted(sent: List[str], report: ExitReport, peer_got: List[Any], c
         assert peer_got == sent[: report.written]
 
 
-def test_messages_flow_both_ways(opened: List[Endpoints], kind: str) -> None:
+def test_messages_flow_both_ways(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     pair.conn.send("text é")
     pair.conn.send(b"\x00\xff" * 5000)
@@ -93,7 +103,7 @@ def test_messages_flow_both_ways(opened: List[Endpoints], kind: str) -> None:
     assert report is not None and report.ok
 
 
-def test_peer_close_frame(opened: List[Endpoints], kind: str) -> None:
+def test_peer_close_frame(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(20)
     for message in sent:
@@ -110,7 +120,7 @@ def test_peer_close_frame(opened: List[Endpoints], kind: str) -> None:
     assert report.unsent == ()
 
 
-def test_peer_reset(opened: List[Endpoints], kind: str) -> None:
+def test_peer_reset(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(10)
     for message in sent:
@@ -125,11 +135,11 @@ def test_peer_reset(opened: List[Endpoints], kind: str) -> None:
     assert_accounted(sent, report, got, complete=False)
 
 
-def test_peer_fin_without_close_frame(opened: List[Endpoints], kind: str) -> None:
+def test_peer_fin_without_close_frame(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     pair.conn.send("before")
     got = pair.peer.wait_messages(1)
-    pair.peer.fin()
+    pair.peer.drop()
     report = pair.conn.wait(10 * UNIT)
     assert (report.first, report.reason) == ("reader", Reason.READ_ERROR)
     assert isinstance(report.error, TransportError)
@@ -138,7 +148,7 @@ def test_peer_fin_without_close_frame(opened: List[Endpoints], kind: str) -> Non
     assert_accounted(["before"], report, got, complete=True)
 
 
-def test_local_close(opened: List[Endpoints], kind: str) -> None:
+def test_local_close(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(200)
     for message in sent:
@@ -155,7 +165,7 @@ def test_local_close(opened: List[Endpoints], kind: str) -> None:
     assert pair.conn.close() is report  # idempotent
 
 
-def test_abort(opened: List[Endpoints], kind: str) -> None:
+def test_abort(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(500)
     for message in sent:
@@ -166,25 +176,54 @@ def test_abort(opened: List[Endpoints], kind: str) -> None:
     assert report.close_code == 1006 and not report.ok
     assert_torn_down(pair.conn)
     pair.peer.wait_ended()
-    assert_accounted(sent, report, list(pair.peer.messages), complete=False)
+    assert_accounted(sent, report, list(pair.peer.received), complete=False)
 
 
-def test_read_error(opened: List[Endpoints], kind: str) -> None:
+def test_read_error(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     if kind == "memory":
         transport = pair.conn.transport
         assert isinstance(transport, MemoryTransport)
         transport.fail_next_read(OSError("injected read failure"))
     else:
-        pair.peer.send_garbage()  # type: ignore[union-attr]
+        pair.peer.violate("reserved-opcode")  # type: ignore[union-attr]
     report = pair.conn.wait(10 * UNIT)
     assert (report.first, report.reason) == ("reader", Reason.READ_ERROR)
     assert isinstance(report.error, TransportError)
-    assert report.error.__cause__ is not None  # the backend's exception, chained
+    if kind == "memory":
+        assert report.error.__cause__ is not None  # the backend's exception, chained
+        assert report.close_code == 1006
+    else:
+        # The peer broke the protocol: it is told so with the code RFC 6455 names.
+        assert isinstance(report.error, ProtocolError) and report.error.close_code == 1002
+        assert report.close_code == 1002 and report.close_sent == (1002, "")
+        assert pair.peer.wait_close_frame()[0] == 1002
     assert_torn_down(pair.conn)
 
 
-def test_write_error(opened: List[Endpoints], kind: str) -> None:
+#: A sample of each kind of violation; tests/integration/test_hostile_peers.py tries them all.
+VIOLATION_SAMPLE = ["invalid-utf8", "invalid-utf8-fragment", "orphan-continuation", "long-ping", "short-close"]
+
+
+@pytest.mark.parametrize("violation", VIOLATION_SAMPLE)
+def test_a_protocol_violation_fails_the_connection_with_the_rfc_code(opened: Opened, kind: str, violation: str) -> None:
+    if kind == "memory":
+        pytest.skip("the memory transport carries messages, not frames")
+    pair = open_pair(opened, kind)
+    pair.peer.send("fine")
+    pair.peer.violate(violation)  # type: ignore[union-attr]
+    code = VIOLATIONS[violation]
+    report = pair.conn.wait(10 * UNIT)
+    assert isinstance(report.error, ProtocolError) and report.error.close_code == code
+    assert (report.close_code, report.close_sent) == (code, (code, ""))
+    assert pair.peer.wait_close_frame()[0] == code
+    assert pair.conn.recv(timeout=1 * UNIT) == "fine"  # what came before is delivered...
+    with pytest.raises(ConnectionClosedError):
+        pair.conn.recv(timeout=1 * UNIT)  # ...and nothing of the bad frame
+    assert_torn_down(pair.conn)
+
+
+def test_write_error(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(5)
     if kind == "memory":
@@ -194,20 +233,30 @@ def test_write_error(opened: List[Endpoints], kind: str) -> None:
     else:
         import socket
 
+        # Our writes now fail with EPIPE. The peer may see our FIN and end TCP in turn, so the
+        # reader can fail first: either way the accounting must be exact.
         pair.conn.transport.raw_socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+    accepted = []
     for message in sent:
-        pair.conn.send(message)
+        try:
+            pair.conn.send(message)
+        except ConnectionClosedError:
+            break
+        accepted.append(message)
     report = pair.conn.wait(10 * UNIT)
-    assert (report.first, report.reason) == ("writer", Reason.WRITE_ERROR)
+    if kind == "memory":
+        assert (report.first, report.reason) == ("writer", Reason.WRITE_ERROR)
+    else:
+        assert report.reason in (Reason.WRITE_ERROR, Reason.READ_ERROR)
     assert isinstance(report.error, TransportError)
     assert_torn_down(pair.conn)
     pair.peer.wait_ended()
-    assert_accounted(sent, report, list(pair.peer.messages), complete=False)
+    assert_accounted(accepted, report, list(pair.peer.received), complete=False)
     if kind == "memory":
         assert report.written == 2 and report.unsent == tuple(sent[2:])
 
 
-def test_callback_error(opened: List[Endpoints], kind: str) -> None:
+def test_callback_error(opened: Opened, kind: str) -> None:
     seen: List[Any] = []
 
     def on_message(message: Any) -> None:
@@ -229,7 +278,7 @@ def test_callback_error(opened: List[Endpoints], kind: str) -> None:
     assert_torn_down(pair.conn)
 
 
-def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: List[Endpoints], kind: str) -> None:
+def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: Opened, kind: str) -> None:
     close_timeout = 0.5 * UNIT
     pair = open_pair(opened, kind, close_timeout=close_timeout, max_queue=2)
     pair.peer.stop_reading()
@@ -258,9 +307,9 @@ def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: List[
     assert list(sent[: report.written]) + list(report.unsent) == sent
 
 
-def test_close_against_a_silent_peer_is_bounded(opened: List[Endpoints], kind: str) -> None:
+def test_close_against_a_silent_peer_is_bounded(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind, close_timeout=0.3 * UNIT)
-    pair.peer.silent = True
+    pair.peer.go_silent()
     started = time.monotonic()
     report = pair.conn.close()
     assert report is not None
@@ -271,11 +320,11 @@ def test_close_against_a_silent_peer_is_bounded(opened: List[Endpoints], kind: s
     assert_torn_down(pair.conn)
 
 
-def test_close_timeout_bounds_the_close_itself(opened: List[Endpoints], kind: str) -> None:
+def test_close_timeout_bounds_the_close_itself(opened: Opened, kind: str) -> None:
     """close(timeout=t) ends the connection within t, whatever close_timeout says, and
     returns the report instead of raising: its error says the handshake did not finish."""
     pair = open_pair(opened, kind, close_timeout=30 * UNIT)
-    pair.peer.silent = True
+    pair.peer.go_silent()
     started = time.monotonic()
     report = pair.conn.close(timeout=0.2 * UNIT)
     assert time.monotonic() - started < 0.2 * UNIT + 2 * UNIT
@@ -286,9 +335,9 @@ def test_close_timeout_bounds_the_close_itself(opened: List[Endpoints], kind: st
     assert_torn_down(pair.conn)
 
 
-def test_a_shorter_second_close_shortens_the_close_under_way(opened: List[Endpoints], kind: str) -> None:
+def test_a_shorter_second_close_shortens_the_close_under_way(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind, close_timeout=30 * UNIT)
-    pair.peer.silent = True
+    pair.peer.go_silent()
     first: List[Any] = []
     patient = threading.Thread(target=lambda: first.append(pair.conn.close(4000, "first")))
     patient.start()
@@ -304,7 +353,7 @@ def test_a_shorter_second_close_shortens_the_close_under_way(opened: List[Endpoi
     assert_torn_down(pair.conn)
 
 
-def test_a_close_frame_without_a_code_is_a_normal_close(opened: List[Endpoints], kind: str) -> None:
+def test_a_close_frame_without_a_code_is_a_normal_close(opened: Opened, kind: str) -> None:
     """What browsers and Node send from a plain close(): no status code, reported as 1005."""
     pair = open_pair(opened, kind)
     pair.peer.send("last words")
@@ -316,7 +365,7 @@ def test_a_close_frame_without_a_code_is_a_normal_close(opened: List[Endpoints],
     assert_torn_down(pair.conn)
 
 
-def test_text_utf8_cannot_encode_is_refused_at_the_call(opened: List[Endpoints], kind: str) -> None:
+def test_text_utf8_cannot_encode_is_refused_at_the_call(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     sent = numbered(50)
     for message in sent:
@@ -333,7 +382,7 @@ def test_text_utf8_cannot_encode_is_refused_at_the_call(opened: List[Endpoints],
     assert_torn_down(pair.conn)
 
 
-def test_misuse_leaves_the_connection_working(opened: List[Endpoints], kind: str) -> None:
+def test_misuse_leaves_the_connection_working(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     for bad in (123, None, ["list"], {"a": 1}):
         with pytest.raises(TypeError):
@@ -349,7 +398,7 @@ def test_misuse_leaves_the_connection_working(opened: List[Endpoints], kind: str
         pair.conn.recv(timeout=1 * UNIT)
 
 
-def test_iteration_yields_until_the_peer_closes(opened: List[Endpoints], kind: str) -> None:
+def test_iteration_yields_until_the_peer_closes(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     for message in ("a", b"b", "c"):
         pair.peer.send(message)
@@ -358,10 +407,10 @@ def test_iteration_yields_until_the_peer_closes(opened: List[Endpoints], kind: s
     assert_torn_down(pair.conn)
 
 
-def test_iteration_raises_on_an_abnormal_end(opened: List[Endpoints], kind: str) -> None:
+def test_iteration_raises_on_an_abnormal_end(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     pair.peer.send("a")
-    pair.peer.fin()
+    pair.peer.drop()
     received = []
     with pytest.raises(ConnectionClosedError) as ended:
         for message in pair.conn:
@@ -370,7 +419,7 @@ def test_iteration_raises_on_an_abnormal_end(opened: List[Endpoints], kind: str)
     assert ended.value.report is not None and ended.value.report.reason is Reason.READ_ERROR
 
 
-def test_close_from_the_callback(opened: List[Endpoints], kind: str) -> None:
+def test_close_from_the_callback(opened: Opened, kind: str) -> None:
     holder: List[Duplex] = []
     returned: List[Any] = []
 
@@ -387,7 +436,7 @@ def test_close_from_the_callback(opened: List[Endpoints], kind: str) -> None:
     assert_torn_down(pair.conn)
 
 
-def test_close_from_another_thread_while_recv_blocks(opened: List[Endpoints], kind: str) -> None:
+def test_close_from_another_thread_while_recv_blocks(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind)
     outcome: List[BaseException] = []
 
@@ -406,7 +455,7 @@ def test_close_from_another_thread_while_recv_blocks(opened: List[Endpoints], ki
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosedOK)
 
 
-def test_max_queue_bounds_what_an_unread_connection_buffers(opened: List[Endpoints], kind: str) -> None:
+def test_max_queue_bounds_what_an_unread_connection_buffers(opened: Opened, kind: str) -> None:
     """When the application stops reading, the peer is slowed down by TCP, not buffered in RAM."""
     if kind == "memory":
         pytest.skip("the memory transport has no flow control to push back with")

@@ -11,7 +11,7 @@ from duplexthreads import ConnectionClosedOK, Duplex, Reason
 from duplexthreads import _protocol as protocol_module
 from duplexthreads.transports import memory_pair
 
-from .peers import MemoryPeer
+from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)

@@ -14,7 +14,7 @@ from duplexthreads import ConnectionClosed, Duplex, Reason
 from duplexthreads import _protocol as protocol_module
 from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
 
-from .peers import MemoryPeer
+from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)

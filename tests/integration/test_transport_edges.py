@@ -6,15 +6,13 @@ import socket
 from typing import Iterator, Tuple
 
 import pytest
-from wsproto import ConnectionType
 
 from duplexthreads import TransportError
+from duplexthreads.testing import PeerConnection, ScriptedPeer
 from duplexthreads.transports import CloseFrame, PeerClosingError, Transport, WriteError
 from duplexthreads.transports.simple_websocket import SimpleWebSocketTransport
 from duplexthreads.transports.websocket_client import WebSocketClientTransport
 
-from ..harness import Listener
-from ..peers import RawPeer
 from ..timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
@@ -23,22 +21,14 @@ TRANSPORTS = {"websocket-client": WebSocketClientTransport, "simple-websocket": 
 
 
 @pytest.fixture(params=sorted(TRANSPORTS))
-def connected(request: pytest.FixtureRequest) -> Iterator[Tuple[Transport, RawPeer]]:
-    def serve(sock: socket.socket) -> RawPeer:
-        peer = RawPeer(sock, ConnectionType.SERVER)
-        peer.serve_handshake()
-        return peer
-
-    listener = Listener(serve)
-    try:
-        transport = TRANSPORTS[request.param].connect(f"ws://127.0.0.1:{listener.port}/", open_timeout=10 * UNIT)
-        peer = listener.result()
-    finally:
-        listener.close()
-    yield transport, peer
-    transport.shutdown()
-    transport.close(10 * UNIT)
-    peer.stop()
+def connected(request: pytest.FixtureRequest) -> Iterator[Tuple[Transport, PeerConnection]]:
+    with ScriptedPeer(timeout=10 * UNIT) as server:
+        transport = TRANSPORTS[request.param].connect(server.url, open_timeout=10 * UNIT)
+        try:
+            yield transport, server.next_connection()
+        finally:
+            transport.shutdown()
+            transport.close(10 * UNIT)
 
 
 def raw_socket(transport: Transport) -> socket.socket:
@@ -47,11 +37,11 @@ def raw_socket(transport: Transport) -> socket.socket:
     return sock
 
 
-def test_end_of_stream_leaves_the_socket_to_the_transport(connected: Tuple[Transport, RawPeer]) -> None:
+def test_end_of_stream_leaves_the_socket_to_the_transport(connected: Tuple[Transport, PeerConnection]) -> None:
     """The backend must not close the socket when the stream ends: the writer may still be
     writing to it, and a freed fd number can be reused by another connection."""
     transport, peer = connected
-    peer.fin()
+    peer.drop()
     with pytest.raises(TransportError):
         transport.recv()
     assert raw_socket(transport).fileno() != -1
@@ -62,7 +52,7 @@ def test_end_of_stream_leaves_the_socket_to_the_transport(connected: Tuple[Trans
     assert raw_socket(transport).fileno() == -1
 
 
-def test_writing_after_the_peers_close_frame(connected: Tuple[Transport, RawPeer]) -> None:
+def test_writing_after_the_peers_close_frame(connected: Tuple[Transport, PeerConnection]) -> None:
     """After the peer's close frame a write either still goes out (websocket-client tracks no
     state) or says the peer is closing; it never passes for a failed connection."""
     transport, peer = connected

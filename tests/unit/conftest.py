@@ -9,7 +9,7 @@ import pytest
 from duplexthreads import Duplex
 from duplexthreads.transports import memory_pair
 
-from ..peers import MemoryPeer
+from ..memory_peer import MemoryPeer
 from .support import MakePair
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Tuple
 from duplexthreads import Duplex
 from duplexthreads.transports import MemoryTransport
 
-from ..peers import MemoryPeer
+from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 
 #: Bound for something that must happen; generous, it is only spent when a test fails.

@@ -14,7 +14,7 @@ import pytest
 from duplexthreads import ConnectionClosed, ConnectionClosedOK, Duplex, ExitReport, Message, Reason
 from duplexthreads.transports import memory_pair
 
-from ..peers import MemoryPeer
+from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 from .support import SHORT, WAIT, MakePair, memory_transport
 

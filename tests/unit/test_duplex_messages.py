@@ -9,7 +9,7 @@ import pytest
 
 from duplexthreads import ConnectionClosedOK, Duplex, Message, Reason, TransportError
 
-from ..peers import MemoryPeer
+from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 from .support import SHORT, WAIT, MakePair, memory_transport
 

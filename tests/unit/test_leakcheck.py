@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import mmap
 import os
 import threading
 from typing import Iterator, List
@@ -245,8 +246,11 @@ def test_rss_growth_is_recorded_and_limited() -> None:
     size_kib = 32 * 1024
     with pytest.raises(LeakError) as leak:
         with LeakCheck(timeout=SHORT, max_rss_growth_kib=size_kib // 4) as check:
-            ballast = b"\x01" * (size_kib * 1024)  # written, so resident
-    del ballast
+            # Fresh pages from the kernel, written so they are resident: a bytes object could
+            # reuse heap pages that earlier tests freed but malloc kept, and not grow RSS at all.
+            ballast = mmap.mmap(-1, size_kib * 1024)
+            ballast.write(b"\x01" * (size_kib * 1024))
+    ballast.close()
     assert check.rss_growth_kib is not None and check.rss_growth_kib >= size_kib // 2
     assert leak.value.rss_growth_kib == check.rss_growth_kib
     assert f"RSS grew {check.rss_growth_kib} KiB (limit {size_kib // 4} KiB)" in str(leak.value)
