@@ -1,6 +1,6 @@
 """One conformance suite, run over every transport and every exit path.
 
-After each path it checks the promises of DESIGN.md: P1 (no thread of the connection or its
+After each path it checks the promises of docs/design.rst: P1 (no thread of the connection or its
 backend alive), P2 (transport closed once, socket released), P3 (the report), P4 (every
 numbered message either reached the peer's side of the wire or came back in ``unsent``, in
 order) and P5 (teardown bounded: every wait here has a deadline).
