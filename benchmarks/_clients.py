@@ -114,8 +114,8 @@ class Client:
         return [thread.name for thread in join_all(self.threads, time.monotonic() + timeout)]
 
     def provoke_write_error(self) -> None:
-        """Shut our own socket for writing, then send: the next write fails with EPIPE, while the
-        peer stays connected (it sees end of stream)."""
+        """Shut our own socket for writing, then send: the next write fails with EPIPE, on this
+        side alone (the peer only sees end of stream, if it reads)."""
         assert self.sock is not None
         self.sock.shutdown(socket.SHUT_WR)
         self.send(b"x")
@@ -233,7 +233,7 @@ class AppClient(Client):
         self.threads = [thread]
         thread.start()
         if not opened.wait(IO_TIMEOUT) or errors or self.app.sock is None:
-            self.kill()
+            shutdown_socket(getattr(self.app.sock, "sock", None))  # wakes run_forever if it got that far
             thread.join(IO_TIMEOUT)
             raise BenchError(f"WebSocketApp did not open: {errors[:1]!r}")
         self.sock = self.app.sock.sock

@@ -202,13 +202,16 @@ def run_batch(trials: Sequence[Trial], cap: float, open_timeout: float) -> List[
             opened[index].set()
         go.wait(open_timeout * len(trials) + 1.0)
         if cancelled.is_set() or not go.is_set():
+            timing.error = "not started: opening the other connections took too long"
             trial.kill()
             return
         started = time.perf_counter()
         try:
             trial.go()
         except BaseException as exc:  # noqa: BLE001 - carried to the supervising thread
-            timing.error = repr(exc)
+            with timing_lock:
+                if not timing.capped:  # what a killed trial raises is the kill's doing
+                    timing.error = repr(exc)
         else:
             seconds = time.perf_counter() - started
             with timing_lock:

@@ -31,10 +31,12 @@ alive after ``wait()`` (P1) and its socket is closed (P2; memory: ``close()`` ca
 once). Any miss is a failure, recorded with its cycle number and fault.
 
 At the end, against the start of the section: threads named ``duplexthreads-*`` alive,
-``threading.active_count()``, open fds, and RSS (VmRSS, after ``gc.collect()``; its baseline is
-taken after a warm-up of 50 memory and 10 loopback cycles per backend, also checked, so that
-one-time allocations do not count as growth). Cycles stop early, marked incomplete, when
-``cap_seconds`` runs out: memory cycles may use 40% of it, loopback the rest.
+``threading.active_count()``, open fds, and RSS (VmRSS, after ``gc.collect()``). The RSS
+baseline is taken after a warm-up of 50 memory and 10 loopback cycles per backend, also
+checked, so that one-time allocations do not count as growth; the last reading is taken before
+the scripted peer closes, since closing hands every connection's record to this process.
+Cycles stop early, marked incomplete, when ``cap_seconds`` runs out: memory cycles may use 40%
+of it, loopback the rest.
 """
 
 from __future__ import annotations
@@ -190,8 +192,10 @@ def measure(quick: bool, cap_seconds: float) -> Dict[str, Any]:
             tally, rng, loopback_planned, end, warmup + memory, alternate, loopback_faults, on_loopback
         )
         cycle_seconds = time.monotonic() - started
-    gc.collect()
-    rss_end = rss_kib() or 0
+        # Before the peer closes: closing, it hands every connection's final record to this
+        # process (some 10 KiB each), which is not the client's memory.
+        gc.collect()
+        rss_end = rss_kib() or 0
     complete = memory == config.memory_cycles and loopback == loopback_planned
     rows = tally.rows()
     return {
