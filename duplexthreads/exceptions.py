@@ -7,7 +7,8 @@ Everything the library raises on purpose derives from one root::
     │   ├── ConnectionClosedOK      it ended with a normal close handshake (1000 or 1001)
     │   └── ConnectionClosedError   it ended any other way (error, abort, abnormal code)
     ├── ConnectError (OSError)      opening the connection failed; nothing is left behind
-    │   └── HandshakeRejected       the endpoint answered HTTP, but not with a WebSocket upgrade
+    │   ├── HandshakeRejected       the endpoint answered HTTP, but not with a WebSocket upgrade
+    │   └── ConnectTimeout          open_timeout ran out (also a TimeoutError)
     ├── TransportError (OSError)    a backend failed while the connection was open
     │   └── ProtocolError           the peer broke RFC 6455; ``.close_code`` is what we sent it
     └── UsageError (RuntimeError)   the API was used in a way that cannot work (start twice,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConnectError",
+    "ConnectTimeout",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -84,6 +86,14 @@ class HandshakeRejected(ConnectError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """``open_timeout`` ran out before the connection was open.
+
+    It bounds the whole opening: resolving the host, connecting, TLS and the HTTP upgrade
+    together. Also a ``TimeoutError``, so callers can catch the builtin they already know.
+    """
 
 
 class TransportError(DuplexError, OSError):
