@@ -1,88 +1,84 @@
-"""Transport over websocket-client's ``WebSocket`` (client side).
+"""Transport over websocket-client (client side).
 
-websocket-client supplies the opening handshake, TLS, proxies and frame parsing. Two things
-we do ourselves, for reasons measured in ../shared/FACTS.md:
+websocket-client performs the HTTP upgrade (and, behind an HTTP or SOCKS proxy named in the
+environment, the whole opening). Everything after the handshake we do ourselves, on the raw
+socket, for reasons measured in ../shared/FACTS.md and in the hardening issue:
 
-- Waking: a thread blocked in ``WebSocket.recv()`` holds the frame-buffer lock, so its
-  ``close()`` from another thread deadlocks; we shut the raw socket down instead.
-- Writing: the writer frames a whole batch and writes it at once, under the same lock that
-  websocket-client's own pong replies take, so frames never interleave.
+- Reading: :class:`~._reading.FrameReader` checks every frame as RFC 6455 says and assembles a
+  fragmented message in linear time; websocket-client's reader appends each fragment to one
+  ``bytes`` (quadratic), delivers frames a client must refuse, and cannot be woken: a thread
+  blocked in its ``recv()`` holds its frame lock, so its ``close()`` deadlocks.
+- Writing: the writer frames a whole batch and writes it at once, under the lock that our pong
+  replies take too, so frames never interleave.
+- Waking: the owner shuts the raw socket down, which ends a blocked read or write at once.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import websocket
 
+from .._deadline import deadline_after, remaining
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
-from . import _framing
-from ._sockets import BorrowedSocket, shutdown_quietly, write_frames
+from . import _framing, _opening
+from ._reading import FrameReader, Ping
+from ._sockets import await_end_of_stream, close_without_reset, shutdown_quietly, write_frames
 from .base import CloseFrame, Transport
 
 __all__ = ["WebSocketClientTransport"]
 
-Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
-
-_DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT)
+_OPCODE_PONG = 0xA
 
 
 class WebSocketClientTransport(Transport):
-    """A connected ``websocket.WebSocket`` driven by the session's reader and writer."""
+    """A connected socket, after websocket-client's handshake, driven by the reader and writer."""
 
     backend = "websocket-client"
 
-    def __init__(self, ws: Any) -> None:
-        if not ws.connected or ws.sock is None:
-            raise ValueError("WebSocketClientTransport needs a connected websocket.WebSocket")
+    def __init__(self, sock: socket.socket, subprotocol: Optional[str] = None) -> None:
         super().__init__()
-        self._ws: Any = ws  # a connected websocket.WebSocket
-        # The raw socket, kept apart from ws.sock, which websocket-client may set to None.
-        self._sock: socket.socket = ws.sock
-        # websocket-client closes ws.sock from the reader when the stream ends, under our
-        # writer's feet; through this view it cannot, and close() below closes it once.
-        ws.sock = BorrowedSocket(self._sock)
+        self._sock = sock
+        self._subprotocol = subprotocol
         # Block without a timeout: the owner wakes the reader with shutdown(), so no polling.
         self._sock.settimeout(None)
-        # Reassembles fragmented messages; UTF-8 is checked by bytes.decode, in C.
-        self._fragments = websocket.continuous_frame(False, True)
+        # Serialises every write: the writer's batches, our close frame, the reader's pongs.
+        self._write_lock = threading.Lock()
+        self._shut = False
+        self._reader = FrameReader(sock, lambda: self._shut)
 
     @classmethod
     def connect(
         cls,
         url: str,
         *,
-        headers: Headers = None,
+        headers: _opening.HeadersArg = None,
         subprotocols: Optional[Sequence[str]] = None,
         ssl_context: Any = None,
         open_timeout: Optional[float] = 10.0,
     ) -> WebSocketClientTransport:
-        """Open a connection; raise :class:`ConnectError` leaving no socket open."""
-        sslopt: Dict[str, Any] = {} if ssl_context is None else {"context": ssl_context}
-        # skip_utf8_validation: we validate with bytes.decode, far faster than the pure-Python
-        # validator; enable_multithread: gives ws.lock, which our writer shares with pongs.
-        # Typed as Any: websocket-client's methods carry no annotations, which mypy --strict rejects.
-        ws: Any = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True, enable_multithread=True)
-        options: Dict[str, Any] = {"timeout": open_timeout}
-        if headers:
-            pairs = headers.items() if isinstance(headers, Mapping) else headers
-            options["header"] = [f"{name}: {value}" for name, value in pairs]
-        if subprotocols:
-            options["subprotocols"] = list(subprotocols)
+        """Open a connection within ``open_timeout``; raise :class:`ConnectError` leaving no socket open."""
+        request = _opening.client_request(url, headers, subprotocols)
+        deadline = deadline_after(open_timeout)
+        if _proxy_for(request) is not None:
+            sock, response = _open_through_proxy(request, ssl_context, deadline)
+        else:
+            sock = _opening.open_socket(request, ssl_context, deadline)
+            try:
+                response = _upgrade(request, sock, deadline)
+            except BaseException:
+                close_without_reset(sock)
+                raise
         try:
-            ws.connect(url, **options)
-        except websocket.WebSocketBadStatusException as exc:
-            ws.shutdown()
-            raise HandshakeRejected(
-                exc.status_code, f"{url}: answered HTTP {exc.status_code}, not a WebSocket upgrade"
-            ) from exc
-        except (websocket.WebSocketException, OSError, ValueError) as exc:
-            ws.shutdown()
-            raise ConnectError(f"{url}: cannot connect: {exc}") from exc
-        return cls(ws)
+            subprotocol = _chosen_subprotocol(request, response)
+        except BaseException:
+            close_without_reset(sock)
+            raise
+        return cls(sock, subprotocol)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -92,59 +88,192 @@ class WebSocketClientTransport(Transport):
     @property
     def closed(self) -> bool:
         """True once close() released the socket."""
-        return self.raw_socket.fileno() == -1
+        return self._sock.fileno() == -1
 
     @property
     def subprotocol(self) -> Optional[str]:
-        chosen = self._ws.getsubprotocol()
-        return None if chosen is None else str(chosen)
+        return self._subprotocol
 
     def recv(self) -> Union[Message, CloseFrame]:
         try:
             while True:
-                frame = self._ws.recv_frame()
-                opcode = frame.opcode
-                if opcode in _DATA_OPCODES:
-                    self._fragments.validate(frame)
-                    self._fragments.add(frame)
-                    if frame.fin:
-                        opcode, whole = self._fragments.extract(frame)
-                        if opcode == websocket.ABNF.OPCODE_TEXT:
-                            return bytes(whole.data).decode("utf-8")
-                        return bytes(whole.data)
-                elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                    code, reason = _framing.parse_close_payload(frame.data)
-                    return CloseFrame(code, reason)
-                elif opcode == websocket.ABNF.OPCODE_PING:
-                    # ws.pong takes ws.lock, the lock our writer holds while it writes.
-                    self._ws.pong(frame.data)
-                # Pongs need no answer.
+                event = self._reader.read()
+                if isinstance(event, Ping):
+                    self._write([_framing.encode_frame(_OPCODE_PONG, event.payload, os.urandom(4))])
+                    continue
+                return event
         except TransportError:
             raise
-        except websocket.WebSocketConnectionClosedException as exc:
-            raise TransportError("connection lost: end of stream without a close frame") from exc
-        except (websocket.WebSocketException, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
+            if self._shut:
+                raise TransportError("transport shut down") from exc
             raise TransportError(f"read failed: {exc!r}") from exc
 
     def send_batch(self, messages: Sequence[Message]) -> None:
-        frames: List[bytes] = _framing.encode_messages(messages)
-        with self._ws.lock:
-            write_frames(self._sock, frames)
+        self._write(_framing.encode_messages(messages))
 
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
-        key = os.urandom(4)
-        frame = _framing.encode_frame(_framing.OPCODE_CLOSE, _framing.close_payload(code, reason), key)
-        with self._ws.lock:
-            write_frames(self._sock, [frame])
+        frame = _framing.encode_frame(_framing.OPCODE_CLOSE, _framing.close_payload(code, reason), os.urandom(4))
+        self._write([frame], deadline_after(timeout))
 
     def shutdown(self) -> None:
+        self._shut = True
         shutdown_quietly(self._sock)
 
     def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
-        # websocket-client's shutdown() closes ws.sock and marks it disconnected, without I/O.
-        self._ws.shutdown()
-        self._sock.close()
+        if clean:
+            # RFC 6455 7.1.1: after the close handshake the server closes TCP first; the client
+            # waits for that (so the server, not us, holds TIME_WAIT), within what is left.
+            await_end_of_stream(self._sock, deadline_after(timeout))
+        close_without_reset(self._sock)
+        self._reader.release()
 
     def forget(self) -> None:
-        # Closing our descriptor only drops this process's reference: no FIN, no shutdown.
+        # Closing our descriptor only drops this process's reference: no FIN, no shutdown, and
+        # for TLS no close_notify (CPython's SSL socket sends none on close()).
         self._sock.close()
+        self._reader.release()
+
+    def _write(self, frames: List[bytes], deadline: Optional[float] = None) -> None:
+        # A pong stuck on a peer that stopped reading holds the lock; a bounded write must not
+        # wait for it past its own deadline.
+        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
+        if not self._write_lock.acquire(timeout=wait):
+            raise TransportError("the write did not start in time: another write is stuck")
+        try:
+            write_frames(self._sock, frames, deadline)
+        finally:
+            self._write_lock.release()
+
+
+# -- the opening handshake, by websocket-client --------------------------------------------------------
+
+
+def _handshake_options(request: _opening.ClientRequest) -> Dict[str, Any]:
+    header = [f"{name}: {value}" for name, value in request.headers]
+    if request.subprotocols:
+        # Offered here rather than through websocket-client's own option: that one fails the
+        # connection when the server picks none (RFC 6455 lets it) and lowercases its choice.
+        header.append(f"Sec-WebSocket-Protocol: {', '.join(request.subprotocols)}")
+    return {
+        "header": header,
+        "host": request.host_header,
+        # The caller's Origin replaces websocket-client's default one rather than doubling it.
+        "suppress_origin": request.has_origin,
+        # A redirect would open a second connection outside the deadline and to a host nobody
+        # checked; a 3xx answer is reported as HandshakeRejected instead.
+        "redirect_limit": 0,
+    }
+
+
+def _upgrade(request: _opening.ClientRequest, sock: socket.socket, deadline: Optional[float]) -> Any:
+    """The HTTP upgrade on our socket, every read and write within ``deadline``."""
+    channel = _opening.HandshakeSocket(sock, deadline, request.url)
+    # Typed as Any: websocket-client's methods carry no annotations, which mypy --strict rejects.
+    ws: Any = websocket.WebSocket(enable_multithread=False)
+    try:
+        ws.connect(request.wire_url, socket=_Latin1Request(channel), **_handshake_options(request))
+    except BaseException as exc:
+        error = _translate(request, exc, bytes(channel.answer), deadline)
+        if error is exc:
+            raise
+        raise error from exc
+    finally:
+        ws.sock = None  # websocket-client must not touch our socket again
+    return ws.handshake_response
+
+
+class _Latin1Request:
+    """websocket-client encodes its request as UTF-8; header values go out as ISO-8859-1.
+
+    Every header value was checked to be ISO-8859-1, as http.client sends them, and the simple-
+    websocket backend sends the same bytes; re-encoding here makes the request identical.
+    """
+
+    def __init__(self, channel: _opening.HandshakeSocket) -> None:
+        self._channel = channel
+
+    def send(self, data: bytes) -> int:
+        try:
+            data = data.decode("utf-8").encode("latin-1")
+        except UnicodeError:
+            pass  # something outside our checks (a cookie websocket-client kept): leave it be
+        return self._channel.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def _translate(
+    request: _opening.ClientRequest, exc: BaseException, answer: bytes, deadline: Optional[float]
+) -> BaseException:
+    """A failure of websocket-client's handshake as one of our documented exceptions."""
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, websocket.WebSocketTimeoutException) or _is_timeout(exc):
+        return _opening.timeout_error(request, deadline)
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        status = exc.status_code
+        return HandshakeRejected(status, f"{request.url}: answered HTTP {status}, not a WebSocket upgrade")
+    if isinstance(exc, (websocket.WebSocketException, OSError, ValueError)):
+        return _opening.refusal(request, answer, exc)
+    return exc  # KeyboardInterrupt and the like: not ours to translate
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (socket.timeout, TimeoutError))
+
+
+def _chosen_subprotocol(request: _opening.ClientRequest, response: Any) -> Optional[str]:
+    """The server's choice, checked as RFC 6455 4.1 says (websocket-client checks neither)."""
+    headers: Dict[str, str] = response.headers if response is not None else {}
+    if headers.get("sec-websocket-extensions"):
+        raise ConnectError(f"{request.url}: the server accepted an extension we did not offer")
+    chosen = headers.get("sec-websocket-protocol")
+    if chosen is None:
+        return None
+    if chosen not in request.subprotocols:
+        raise ConnectError(f"{request.url}: the server chose the subprotocol {chosen!r}, which we did not offer")
+    return chosen
+
+
+# -- through a proxy named in the environment --------------------------------------------------------
+
+
+def _proxy_for(request: _opening.ClientRequest) -> Optional[Tuple[Any, ...]]:
+    """The proxy websocket-client would use for this URL (from http_proxy and friends), if any."""
+    try:
+        from websocket._url import get_proxy_info
+    except ImportError:  # pragma: no cover - a websocket-client without it: connect directly
+        return None
+    try:
+        host, port, auth = get_proxy_info(request.host, request.secure)
+    except Exception:  # noqa: BLE001 - a proxy variable websocket-client cannot read: connect directly
+        return None
+    return (host, port, auth) if host else None
+
+
+def _open_through_proxy(
+    request: _opening.ClientRequest, ssl_context: Any, deadline: Optional[float]
+) -> Tuple[socket.socket, Any]:
+    """The whole opening by websocket-client, which knows the proxies (HTTP CONNECT, SOCKS).
+
+    There open_timeout bounds each step rather than their sum: websocket-client opens the
+    socket itself. Nothing else is left to it.
+    """
+    sslopt: Dict[str, Any] = {} if ssl_context is None else {"context": ssl_context}
+    ws: Any = websocket.WebSocket(sslopt=sslopt, enable_multithread=False)
+    options = _handshake_options(request)
+    try:
+        ws.connect(request.wire_url, timeout=remaining(deadline), **options)
+    except BaseException as exc:
+        ws.shutdown()
+        error = _translate(request, exc, b"", deadline)
+        if type(error) is ConnectError:  # nothing of the answer to tell by: say where it failed
+            error = ConnectError(f"{request.url}: cannot connect through the proxy from the environment: {exc}")
+        if error is exc:
+            raise
+        raise error from exc
+    sock: socket.socket = ws.sock
+    ws.sock = None
+    return sock, ws.handshake_response
