@@ -463,10 +463,10 @@ def format_echo(result: Dict[str, Any], title: str, against: str, key: str, targ
 
 #: Quick rounds last tens of milliseconds: a one-way ratio moved by 43% between two quick runs on
 #: a quiet machine. Echo ratios of p50s move less, but the client-driven one moved by 36% between
-#: two quick runs on this shared machine; p99s move more.
+#: two quick runs on this shared machine. The p99 ratios are in the table, not checked: one spike
+#: of the plain loop's p99 (1.5 ms instead of 0.4) made one run's ratio 0.34 and the next 1.36.
 ONE_WAY_TOLERANCE = {"quick": 0.6, "full": 0.35}
 ECHO_P50_TOLERANCE = {"quick": 0.5, "full": 0.35}
-ECHO_P99_TOLERANCE = 1.0
 
 
 def metrics(result: Dict[str, Any]) -> List[Metric]:
@@ -486,18 +486,16 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
                 for key, v in values.items()
                 if v is not None
             ]
-    p50, p99 = ECHO_P50_TOLERANCE[mode], ECHO_P99_TOLERANCE
     for client in BACKENDS:
         echo, driven, prefix = result["echo"]["us"][client], result["peer_echo"]["us"][client], SLUGS[client]
         candidates = {
-            f"echo.{prefix}.p50_ratio_to_wsc_loop": (echo["p50_ratio_to_websocket_client"], p50),
-            f"echo.{prefix}.p50_ratio_to_loop_plus_handoff": (echo["p50_ratio_to_loop_plus_handoff"], p50),
-            f"echo.{prefix}.p99_ratio_to_loop_plus_handoff": (echo["p99_ratio_to_loop_plus_handoff"], p99),
-            f"peer_echo.{prefix}.p50_ratio_to_wsc_loop": (driven["p50_ratio_to_websocket_client"], p50),
+            f"echo.{prefix}.p50_ratio_to_wsc_loop": echo["p50_ratio_to_websocket_client"],
+            f"echo.{prefix}.p50_ratio_to_loop_plus_handoff": echo["p50_ratio_to_loop_plus_handoff"],
+            f"peer_echo.{prefix}.p50_ratio_to_wsc_loop": driven["p50_ratio_to_websocket_client"],
         }
         found += [
-            Metric(f"throughput.{name}", value, "x", "lower", tolerance=tolerance)
-            for name, (value, tolerance) in candidates.items()
+            Metric(f"throughput.{name}", value, "x", "lower", tolerance=ECHO_P50_TOLERANCE[mode])
+            for name, value in candidates.items()
             if value is not None
         ]
     return found
