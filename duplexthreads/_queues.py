@@ -138,6 +138,21 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
                 self.unfinished_tasks += 1
             self.not_empty.notify_all()
 
+    def end_direct_close(self, sent: bool) -> None:
+        """End a direct write of our close frame (no message): ``sent``, or not even begun.
+
+        Once the close frame is out nothing may follow it, so the queue is sealed and the
+        consumer takes nothing more; it is not woken for that (the owner stops it later), which
+        spares a thread wake-up per connection when thousands close at once. Messages queued
+        meanwhile stay for drain(). Not sent: the consumer is woken to carry on as usual.
+        """
+        with self.mutex:
+            self._direct = False
+            if sent:
+                self._sealed = self._stopped = True
+            else:
+                self.not_empty.notify_all()
+
     def wait_direct_done(self, timeout: Optional[float]) -> bool:
         """Wait until no direct write is under way; False if one still is after ``timeout``."""
         with self.mutex:

@@ -84,13 +84,14 @@ class MemoryPeer(_Recorder):
                 except TransportError:
                     return
                 if isinstance(item, CloseFrame):
+                    answer = not self.close_frames and not self.silent
                     self._record_close(item.code, item.reason)
-                    if not self.silent:
+                    if answer:
                         try:
                             self.end.send_close(item.code, item.reason)
                         except TransportError:
                             pass
-                    return
+                    continue  # read on to the end, so that anything sent after it is seen
                 self._record(item)
         finally:
             self._record_end()

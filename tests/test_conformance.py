@@ -163,6 +163,9 @@ def test_local_close(opened: Opened, kind: str) -> None:
     assert_torn_down(pair.conn)
     assert_accounted(sent, report, got, complete=True)
     assert pair.conn.close() is report  # idempotent
+    pair.peer.wait_ended()
+    assert pair.peer.close_frames == [(1000, "done")]  # one close frame, and nothing after it
+    assert pair.peer.received == sent
 
 
 def test_abort(opened: Opened, kind: str) -> None:

@@ -126,9 +126,12 @@ class Transport(ABC):
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         """Send our close frame (or the reply to the peer's). Raises :class:`TransportError`.
 
-        ``timeout`` bounds the write: the owner replies to a peer's close with one, since
-        nothing could wake it from a write to a peer that stopped reading. When it runs out,
-        raise :class:`TransportError`; the frame may then be partly written.
+        ``timeout`` bounds the write: the owner sends with one, since nothing could wake it
+        from a write to a peer that stopped reading (``0``: only if the socket can take the
+        frame now). With a timeout the frame is written whole or not at all: check that the
+        socket can take it before writing the first byte (a close frame is at most 131 bytes);
+        when it cannot in time, raise :class:`TransportError` having written nothing. Only a
+        failing socket may leave part of a frame written.
         """
 
     @abstractmethod
