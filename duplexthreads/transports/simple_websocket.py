@@ -1,7 +1,8 @@
 """Transport over simple-websocket (client, and server inside a WSGI app).
 
-simple-websocket runs one thread per connection that reads the socket and buffers messages;
-our reader takes them with ``receive()``. Three of its habits need care (../shared/FACTS.md):
+simple-websocket runs one thread per connection that reads the socket, parses it with wsproto
+and buffers messages; our reader takes them with ``receive()``. Its habits that need care
+(../shared/FACTS.md and the hardening issue):
 
 - its ``send()`` uses ``sock.send``, which may write part of a frame, and its thread answers
   pings on the same socket without a lock; so it gets a :class:`_GuardedSocket` whose ``send``
@@ -9,7 +10,15 @@ our reader takes them with ``receive()``. Three of its habits need care (../shar
 - its ``close()`` does not stop its thread, which then waits in ``recv()`` until the peer acts;
   we shut the socket down, which ends the thread, and join it;
 - its thread closes the socket when it ends; the guard ignores that, so the transport closes the
-  real socket exactly once, after the thread is gone.
+  real socket exactly once, after the thread is gone;
+- it takes a frame that wsproto cannot parse for the peer's close frame (its server side even
+  answers it by itself, racing our writer), so a :class:`_Watch` sees every event first and
+  turns a protocol violation into :class:`~duplexthreads.ProtocolError`, for our owner to send
+  the close frame with wsproto's code once the writer has stopped;
+- its client gives up when the server's first frames (or its close frame) arrive in the same
+  read as the ``101`` answer; our :class:`_Client` handles them in the thread instead;
+- it keeps the message it was assembling, and wsproto its buffers, for as long as the object
+  lives; ``close()`` drops them.
 """
 
 from __future__ import annotations
@@ -17,15 +26,16 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import simple_websocket
+from simple_websocket.errors import SimpleWebsocketError
 from simple_websocket.ws import Base as _SimpleBase
 from wsproto import ConnectionType
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
+    BytesMessage,
     CloseConnection,
     RejectConnection,
     Request,
@@ -34,21 +44,34 @@ from wsproto.events import (
 from wsproto.events import (
     Message as WsprotoMessage,
 )
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import ProtocolError as WsprotoError
 
-from ..exceptions import ConnectError, HandshakeRejected, TransportError
+from .._deadline import deadline_after, remaining
+from .._rfc6455 import MESSAGE_TOO_BIG
+from ..exceptions import ConnectError, HandshakeRejected, ProtocolError, TransportError
 from ..report import Message
-from . import _framing
-from ._sockets import BorrowedSocket, shutdown_quietly, write_frames
+from . import _framing, _opening
+from ._sockets import (
+    BorrowedSocket,
+    await_end_of_stream,
+    close_without_reset,
+    shutdown_quietly,
+    write_frames,
+)
 from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id, thread_name
 
 __all__ = ["SimpleWebSocketTransport"]
 
-Headers = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
 ThreadFactory = Callable[..., threading.Thread]
 
 
 #: How long recv() waits, after a close frame, for the backend thread to finish answering it.
 _BACKEND_EXIT_TIMEOUT = 2.0
+
+#: Once the socket is shut down the backend thread ends within microseconds; close() gives it
+#: this much even when its own time is spent, rather than report it lingering for nothing.
+_WAKE_GRACE = 0.1
 
 #: Messages simple-websocket may hold in its own buffer before its thread stops reading the
 #: socket. Without this gate its buffer grows without bound and max_queue limits nothing.
@@ -93,8 +116,7 @@ class _GuardedSocket(BorrowedSocket):
             while not self.released and self.buffered() >= BACKEND_BUFFER_LIMIT:
                 self.read_gate.wait()
             if self.released:
-                # Shut down: read nothing more. Data left unread makes close() send RST,
-                # which is what unblocks a peer still writing into a full window.
+                # Shut down: read nothing more. close() drains what is left before closing.
                 return b""
         try:
             data = self.raw.recv(size)
@@ -104,6 +126,63 @@ class _GuardedSocket(BorrowedSocket):
         if not data:
             self.read_failure = EOFError("end of stream without a close frame")
         return data
+
+
+class _StopBackend(LocalProtocolError):
+    """Raised into simple-websocket's thread to end it: its loop ends on LocalProtocolError."""
+
+
+class _Watch:
+    """Sees each wsproto event before simple-websocket does, and keeps what it loses.
+
+    wsproto reports a frame it cannot parse (or a close frame it must refuse) as a
+    ``CloseConnection`` event, but leaves its state alone; a real close frame moves the state to
+    REMOTE_CLOSING or CLOSED first. simple-websocket cannot tell them apart. The watch can: it
+    keeps the peer's real close frame, and on a violation (or a message over
+    ``max_message_size``) it records what went wrong and the close code, and ends the backend thread
+    before simple-websocket sees the event, so nothing answers it but our owner.
+    """
+
+    def __init__(self, max_message_size: Optional[int]) -> None:
+        self.max_message_size = max_message_size
+        self.peer_close: Optional[Tuple[int, str]] = None
+        #: What the peer did wrong, and the close code to fail the connection with.
+        self.violation: Optional[Tuple[str, int]] = None
+        self._message_size = 0
+
+    def install(self, protocol: Any) -> None:
+        """Put the watch in front of ``protocol.events`` (before the backend thread starts)."""
+        parse = protocol.events
+
+        def events() -> Iterator[Any]:
+            for event in parse():
+                self._see(protocol, event)
+                yield event
+
+        protocol.events = events
+
+    @staticmethod
+    def uninstall(protocol: Any) -> None:
+        # The wrapper refers to the protocol and the protocol to the wrapper: without this the
+        # pair (and wsproto's buffers) would wait for the garbage collector.
+        vars(protocol).pop("events", None)
+
+    def _see(self, protocol: Any, event: Any) -> None:
+        if isinstance(event, CloseConnection):
+            if protocol.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
+                self.peer_close = (int(event.code), event.reason or "")
+                return
+            self._fail(f"protocol error: {event.reason}", int(event.code))
+        if isinstance(event, (TextMessage, BytesMessage)) and self.max_message_size is not None:
+            self._message_size += len(event.data)
+            if self._message_size > self.max_message_size:
+                self._fail(f"a message is over max_message_size ({self.max_message_size} bytes)", MESSAGE_TOO_BIG)
+            if event.message_finished:
+                self._message_size = 0
+
+    def _fail(self, message: str, code: int) -> None:
+        self.violation = (message, code)
+        raise _StopBackend(message)
 
 
 def _thread_factory(connection_id: int) -> ThreadFactory:
@@ -122,105 +201,116 @@ class _Client(_SimpleBase):  # type: ignore[misc]
     handshake fails; here the caller owns the socket, so it can always close it.
     """
 
-    def __init__(self, sock: _GuardedSocket, request: Request, thread_class: ThreadFactory, **options: Any) -> None:
+    def __init__(
+        self,
+        sock: _GuardedSocket,
+        request: Request,
+        channel: _opening.HandshakeSocket,
+        watch: _Watch,
+        thread_class: ThreadFactory,
+    ) -> None:
         self._request = request
-        super().__init__(sock, connection_type=ConnectionType.CLIENT, thread_class=thread_class, **options)
+        self._channel = channel
+        self._watch = watch
+        super().__init__(sock, connection_type=ConnectionType.CLIENT, thread_class=thread_class)
 
     def handshake(self) -> None:
-        self.sock.send(self.ws.send(self._request))
+        self._watch.install(self.ws)
+        channel = self._channel
+        channel.send(self.ws.send(self._request))
         while True:
-            data = self.sock.recv(self.receive_bytes)
+            data = channel.recv(self.receive_bytes)
             if not data:
-                raise HandshakeRejected(0, "connection closed during the opening handshake")
+                raise EOFError("the server closed the connection")
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
                     self.subprotocol = event.subprotocol
                     self.connected = True
-                    # Messages that came in the same segment as the 101 would otherwise wait
-                    # in wsproto's buffer until the next read.
-                    self.sock.raw.settimeout(None)
-                    self.connected = self._handle_events()
+                    channel.raw.settimeout(None)
+                    # Frames that came with the 101 wait in wsproto's buffer: _thread takes them.
                     return
                 if isinstance(event, RejectConnection):
-                    raise HandshakeRejected(
-                        event.status_code, f"answered HTTP {event.status_code}, not a WebSocket upgrade"
-                    )
+                    raise RemoteProtocolError(f"refused with HTTP {event.status_code}")
+
+    def _thread(self) -> None:
+        # Frames that arrived in the same read as the 101 must be handled before the first read,
+        # which might never return: a server may speak first and then wait for us. Handled
+        # during the handshake instead, a close frame among them made simple-websocket give up
+        # on the whole connection ("Connection error: None"), losing the message and the code.
+        try:
+            self.connected = self._handle_events()
+        except (OSError, LocalProtocolError):
+            self.connected = False
+        if not self.connected:
+            self.event.set()
+            return
+        super()._thread()
+
+
+class _Server(simple_websocket.Server):  # type: ignore[misc]
+    """simple-websocket's server with the watch installed before its thread starts."""
+
+    def __init__(self, environ: Dict[str, Any], watch: _Watch, **options: Any) -> None:
+        self._watch = watch
+        super().__init__(environ, **options)
+
+    def handshake(self) -> None:
+        self._watch.install(self.ws)
+        super().handshake()
 
 
 class SimpleWebSocketTransport(Transport):
-    """A simple-websocket connection (``Client`` or ``Server``) driven by the session."""
+    """A simple-websocket connection (client or server) driven by the session."""
 
     backend = "simple-websocket"
 
-    def __init__(self, ws: Any, guard: _GuardedSocket, connection_id: int) -> None:
+    def __init__(self, ws: Any, guard: _GuardedSocket, connection_id: int, watch: Optional[_Watch] = None) -> None:
         super().__init__(connection_id)
         self._ws = ws
         self._guard = guard
-        self._frames_ourselves = isinstance(ws, _Client)
+        self._watch = watch if watch is not None else _Watch(None)
+        self._is_client = isinstance(ws, _Client)
+        self._thread: threading.Thread = ws.thread
+        self._subprotocol: Optional[str] = None if ws.subprotocol is None else str(ws.subprotocol)
         guard.buffered = lambda: len(ws.input_buffer)
         self._shut = False
-        # The peer's close frame as wsproto parsed it. simple-websocket's server side loses the
-        # code of a close frame that answers ours (its own reply to it fails first), so we
-        # note every close event on its way to simple-websocket.
-        self._peer_close: Optional[Tuple[int, str]] = None
-        protocol = ws.ws
-        parse_events = protocol.events
-
-        def noting_close_events() -> Any:
-            for event in parse_events():
-                if isinstance(event, CloseConnection):
-                    self._peer_close = (event.code, event.reason or "")
-                yield event
-
-        protocol.events = noting_close_events
 
     @classmethod
     def connect(
         cls,
         url: str,
         *,
-        headers: Headers = None,
+        headers: _opening.HeadersArg = None,
         subprotocols: Optional[Sequence[str]] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         open_timeout: Optional[float] = 10.0,
         max_message_size: Optional[int] = None,
     ) -> SimpleWebSocketTransport:
-        """Open a client connection; raise :class:`ConnectError` leaving nothing behind."""
-        parts = urlsplit(url)
-        secure = parts.scheme == "wss"
-        host = parts.hostname or ""
-        try:
-            port = parts.port or (443 if secure else 80)
-        except ValueError as exc:
-            raise ValueError(f"{url}: invalid port") from exc
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        extra_headers: List[Tuple[bytes, bytes]] = []
-        if headers:
-            items = headers.items() if isinstance(headers, Mapping) else headers
-            extra_headers = [(str(key).encode("latin-1"), str(value).encode("latin-1")) for key, value in items]
-        request = Request(host=host, target=target, subprotocols=list(subprotocols or ()), extra_headers=extra_headers)
-
+        """Open a client connection within ``open_timeout``; raise :class:`ConnectError` leaving nothing behind."""
+        request = _opening.client_request(url, headers, subprotocols)
+        _check_max_message_size(max_message_size)
+        upgrade = Request(
+            host=request.host_header,
+            target=request.resource,
+            subprotocols=list(request.subprotocols),
+            extra_headers=[(name.encode("ascii"), value.encode("latin-1")) for name, value in request.headers],
+        )
+        deadline = deadline_after(open_timeout)
+        sock = _opening.open_socket(request, ssl_context, deadline)
         connection_id = new_connection_id()
-        sock: Optional[socket.socket] = None
+        channel = _opening.HandshakeSocket(sock, deadline, url)
+        watch = _Watch(max_message_size)
+        guard = _GuardedSocket(sock)
         try:
-            sock = socket.create_connection((host, port), timeout=open_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if secure:
-                context = ssl_context or ssl.create_default_context()
-                sock = context.wrap_socket(sock, server_hostname=host)
-            guard = _GuardedSocket(sock)
-            ws = _Client(guard, request, _thread_factory(connection_id), max_message_size=max_message_size)
-        except HandshakeRejected as exc:
-            _close_quietly(sock)
-            raise HandshakeRejected(exc.status, f"{url}: {exc}") from exc
-        except (OSError, ValueError, simple_websocket.ConnectionError) as exc:
-            _close_quietly(sock)
-            raise ConnectError(f"{url}: cannot connect: {exc!r}") from exc
-        except BaseException:
-            _close_quietly(sock)
-            raise
-        return cls(ws, guard, connection_id)
+            ws = _Client(guard, upgrade, channel, watch, _thread_factory(connection_id))
+        except BaseException as exc:
+            close_without_reset(sock)
+            error = _translate(request, exc, bytes(channel.answer), deadline)
+            if error is exc:
+                raise
+            raise error from exc
+        return cls(ws, guard, connection_id, watch)
 
     @classmethod
     def accept(
@@ -231,6 +321,10 @@ class SimpleWebSocketTransport(Transport):
         max_message_size: Optional[int] = None,
     ) -> SimpleWebSocketTransport:
         """Upgrade the WSGI request in ``environ`` (Werkzeug or Gunicorn) to a WebSocket."""
+        if not isinstance(environ, Mapping):
+            raise TypeError(f"environ must be the WSGI environ dict, not {type(environ).__name__}")
+        offered = _opening.check_subprotocols(subprotocols)
+        _check_max_message_size(max_message_size)
         for key in ("werkzeug.socket", "gunicorn.socket"):
             if environ.get(key) is not None:
                 raw = environ[key]
@@ -241,24 +335,35 @@ class SimpleWebSocketTransport(Transport):
                 "Werkzeug (Flask's server) and Gunicorn, which put it in 'werkzeug.socket' or "
                 "'gunicorn.socket'"
             )
-        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+        if str(environ.get("HTTP_UPGRADE", "")).lower() != "websocket":
             raise HandshakeRejected(400, "the request is not a WebSocket upgrade (no 'Upgrade: websocket')")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method != "GET":
+            # simple-websocket rebuilds the request as a GET whatever it was (RFC 6455 4.2.1).
+            raise HandshakeRejected(400, f"a WebSocket upgrade must be a GET request, not {method}")
         raw.settimeout(None)
         guard = _GuardedSocket(raw)
         # simple-websocket finds the socket through the environ; give it the guarded one.
         guarded_environ = {k: v for k, v in environ.items() if k not in ("werkzeug.socket", "gunicorn.socket")}
         guarded_environ["werkzeug.socket"] = guard
         connection_id = new_connection_id()
+        watch = _Watch(max_message_size)
         try:
-            ws = simple_websocket.Server(
+            ws = _Server(
                 guarded_environ,
-                subprotocols=list(subprotocols or ()),
-                max_message_size=max_message_size,
+                watch,
+                subprotocols=list(offered),
                 thread_class=_thread_factory(connection_id),
             )
-        except (OSError, simple_websocket.ConnectionError) as exc:
+        except RemoteProtocolError as exc:
+            hint = exc.event_hint
+            status = hint.status_code if isinstance(hint, RejectConnection) else 400
+            raise HandshakeRejected(status, f"not a valid WebSocket upgrade request: {exc}") from exc
+        except (WsprotoError, ValueError) as exc:
+            raise HandshakeRejected(400, f"not a valid WebSocket upgrade request: {exc!r}") from exc
+        except (OSError, SimpleWebsocketError) as exc:
             raise ConnectError(f"WebSocket handshake failed: {exc!r}") from exc
-        return cls(ws, guard, connection_id)
+        return cls(ws, guard, connection_id, watch)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -272,29 +377,13 @@ class SimpleWebSocketTransport(Transport):
 
     @property
     def subprotocol(self) -> Optional[str]:
-        chosen = self._ws.subprotocol
-        return None if chosen is None else str(chosen)
+        return self._subprotocol
 
     def recv(self) -> Union[Message, CloseFrame]:
         try:
             data = self._ws.receive()
         except simple_websocket.ConnectionClosed as exc:
-            failure = self._guard.read_failure
-            if self._shut:
-                raise TransportError("transport shut down") from failure
-            if failure is not None:
-                raise TransportError(f"connection lost: {failure!r}") from failure
-            if self._ws.ws.state not in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
-                # wsproto reports a frame it cannot parse as a CloseConnection event without
-                # any close frame having arrived; only a real one moves its state on.
-                raise TransportError(f"protocol error: {exc.message or exc.reason}") from exc
-            # The backend thread marks the connection closed before it writes its own answer to
-            # the close frame (the server side answers by itself); it ends right after. Wait for
-            # it, or shutdown() could cut that answer off.
-            self._ws.thread.join(_BACKEND_EXIT_TIMEOUT)
-            if self._peer_close is not None:
-                return CloseFrame(*self._peer_close)
-            return CloseFrame(int(exc.reason), exc.message or "")
+            return self._ended(exc)
         self._guard.message_taken()
         if data is None:  # receive() only returns None when it times out; ours has no timeout
             raise TransportError("simple-websocket returned no message")
@@ -302,10 +391,29 @@ class SimpleWebSocketTransport(Transport):
             return bytes(data)
         return data  # type: ignore[no-any-return]
 
+    def _ended(self, closed: BaseException) -> CloseFrame:
+        """Why simple-websocket says the connection is closed: a close frame, or raise why not."""
+        watch = self._watch
+        failure = self._guard.read_failure
+        if self._shut:
+            raise TransportError("transport shut down") from failure
+        if watch.violation is not None:
+            message, code = watch.violation
+            raise ProtocolError(message, code)
+        if watch.peer_close is None:
+            if failure is not None:
+                raise TransportError(f"connection lost: {failure!r}") from failure
+            raise TransportError(f"the backend stopped without a close frame: {closed}") from closed
+        # The backend thread marks the connection closed before it writes its own answer to the
+        # close frame (the server side answers by itself); it ends right after. Wait for it, or
+        # shutdown() could cut that answer off.
+        self._thread.join(_BACKEND_EXIT_TIMEOUT)
+        return CloseFrame(*watch.peer_close)
+
     def send_batch(self, messages: Sequence[Message]) -> None:
         protocol = self._ws.ws
         with self._guard.write_lock:
-            if self._frames_ourselves and protocol.state is ConnectionState.OPEN:
+            if self._is_client and protocol.state is ConnectionState.OPEN:
                 # Our client never negotiates an extension, so its data frames are plain masked
                 # frames: build them with our framing (C masking when available), not wsproto's.
                 write_frames(self._guard.raw, _framing.encode_messages(messages))
@@ -325,8 +433,13 @@ class SimpleWebSocketTransport(Transport):
             write_frames(self._guard.raw, frames)
 
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
+        deadline = deadline_after(timeout)
         protocol = self._ws.ws
-        with self._guard.write_lock:
+        # The lock may be held by a backend reply stuck on a peer that stopped reading.
+        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
+        if not self._guard.write_lock.acquire(timeout=wait):
+            raise TransportError("cannot send the close frame in time: another write is stuck")
+        try:
             # The server side of simple-websocket answers a peer's close frame by itself.
             if protocol.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 return
@@ -334,7 +447,9 @@ class SimpleWebSocketTransport(Transport):
                 data = protocol.send(CloseConnection(code=code, reason=reason))
             except Exception as exc:
                 raise TransportError(f"cannot send close frame: {exc!r}") from exc
-            write_frames(self._guard.raw, [data])
+            write_frames(self._guard.raw, [data], deadline)
+        finally:
+            self._guard.write_lock.release()
 
     def shutdown(self) -> None:
         self._shut = True
@@ -345,20 +460,76 @@ class SimpleWebSocketTransport(Transport):
         self._ws.event.set()
 
     def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
-        thread = self._ws.thread
-        if thread is not threading.current_thread():
-            thread.join(timeout)
-        self._guard.raw.close()
+        deadline = deadline_after(timeout)
+        raw = self._guard.raw
+        thread = self._thread
+        own_thread = thread is threading.current_thread()
+        if clean and self._is_client and not own_thread:
+            # RFC 6455 7.1.1: the server closes TCP first. The backend thread has normally ended
+            # with the close frame; if it is still reading, the server's FIN ends it.
+            thread.join(remaining(deadline))
+            if not thread.is_alive():
+                await_end_of_stream(raw, deadline)
+        if thread.is_alive() and not own_thread:
+            if clean:
+                # Still there after a complete handshake: stop it. A shutdown sends FIN, never RST.
+                self.shutdown()
+            left = remaining(deadline)
+            thread.join(None if left is None else max(left, _WAKE_GRACE))
+        if clean and not self._is_client:
+            # The server ends TCP first. Under a WSGI server closing our socket object does not
+            # release the descriptor (the server's request file holds it), so send FIN
+            # explicitly; otherwise the client would wait for it and the WSGI server, reading
+            # for a next request, would wait for the client.
+            _end_sending(raw)
+        close_without_reset(raw)
+        if not thread.is_alive():
+            self._release()
 
     def forget(self) -> None:
-        # Closing our descriptor only drops this process's reference: no FIN, no shutdown.
+        # Closing our descriptor only drops this process's reference: no FIN, no shutdown, and
+        # for TLS no close_notify. simple-websocket's thread does not exist in the child.
         self._guard.raw.close()
+        self._release()
 
     def backend_threads(self) -> Tuple[threading.Thread, ...]:
-        return (self._ws.thread,)
+        return (self._thread,)
+
+    def _release(self) -> None:
+        """Drop what simple-websocket and wsproto hold (a half-received message may be huge)."""
+        ws = self._ws
+        ws.input_buffer = []
+        ws.incoming_message = None
+        protocol = ws.ws
+        if protocol is not None:
+            self._watch.uninstall(protocol)
+            ws.ws = None
 
 
-def _close_quietly(sock: Optional[socket.socket]) -> None:
-    if sock is not None:
-        shutdown_quietly(sock)
-        sock.close()
+def _end_sending(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _check_max_message_size(size: Optional[int]) -> None:
+    if size is None:
+        return
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"max_message_size must be an int or None, not {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"max_message_size must be at least 1 (or None for no limit), not {size}")
+
+
+def _translate(
+    request: _opening.ClientRequest, exc: BaseException, answer: bytes, deadline: Optional[float]
+) -> BaseException:
+    """A failure of the opening handshake as one of our documented exceptions."""
+    if isinstance(exc, ConnectError):
+        return exc
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return _opening.timeout_error(request, deadline)
+    if isinstance(exc, (WsprotoError, OSError, ValueError, EOFError, SimpleWebsocketError)):
+        return _opening.refusal(request, answer, exc)
+    return exc  # KeyboardInterrupt and the like: not ours to translate
