@@ -256,11 +256,12 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 
 
 def distribution(values: Sequence[float]) -> Dict[str, Any]:
-    """n, p50, p99 and max (nearest rank) of ``values``, in their unit; None when there are none."""
+    """n, p50, p90, p99 and max (nearest rank) of ``values``, in their unit; None when there are none."""
     ordered = sorted(values)
     if not ordered:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
-    return {"n": len(ordered), "p50": percentile(ordered, 0.50), "p99": percentile(ordered, 0.99), "max": ordered[-1]}
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    stats = {f"p{round(q * 100)}": percentile(ordered, q) for q in (0.50, 0.90, 0.99)}
+    return {"n": len(ordered), **stats, "max": ordered[-1]}
 
 
 def ratio(numerator: Optional[float], denominator: Optional[float]) -> Optional[float]:

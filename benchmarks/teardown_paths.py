@@ -448,7 +448,7 @@ def format_table(result: Dict[str, Any]) -> str:
         f"({config['trials']} trials per path and subject; silent peer: duplexthreads {config['duplex_silent_trials']}"
         f" with close_timeout={result['silent_close_timeout']:g} s, peers {config['peer_silent_trials']}"
         f" side by side; peers' trials capped at {config['peer_trial_cap']:g} s)",
-        f"{'':35} {'n':>4} {'p50':>8} {'p99':>8} {'max':>9}  {'report p50/p99':>15}  {'not done':>9}"
+        f"{'':35} {'n':>4} {'p50':>8} {'p90':>7} {'p99':>8} {'max':>9}  {'report p50/p99':>15}  {'not done':>9}"
         f" {'thr left':>8} {'fds left (gc)':>13} {'unexp':>5}",
     ]
     for path, label in result["path_labels"].items():
@@ -462,7 +462,8 @@ def format_table(result: Dict[str, Any]) -> str:
             report = f"{fmt(own['p50'])}/{fmt(own['p99'])}" if own else ""
             not_done = f"{e['did_not_finish']}/{e['trials_run']}" if e["did_not_finish"] else "0"
             lines.append(
-                f"  {subject:33} {e['ms']['n']:>4} {fmt(e['ms']['p50']):>8} {fmt(e['ms']['p99']):>8}"
+                f"  {subject:33} {e['ms']['n']:>4} {fmt(e['ms']['p50']):>8} {fmt(e['ms'].get('p90')):>7}"
+                f" {fmt(e['ms']['p99']):>8}"
                 f" {fmt(e['ms']['max']):>9}"
                 f"  {report:>15}  {not_done:>9} {e['threads_left']:>8}"
                 f" {e['fds_left']:>+6d} ({e['fds_left_after_gc']:+d}) {e['unexpected']:>5}"
@@ -490,6 +491,10 @@ def format_table(result: Dict[str, Any]) -> str:
 
 
 def metrics(result: Dict[str, Any]) -> List[Metric]:
+    # A quick run's p99 of 40 trials is its slowest trial, and one scheduling hiccup of the
+    # shared machine (wall times of 4-18 ms while duplexthreads' own teardown_seconds stayed
+    # under 0.6 ms) failed the check: quick runs check p90, full runs (300 trials) p99.
+    stat = "p90" if result["mode"] == "quick" else "p99"
     found: List[Metric] = []
     for path in DUPLEX_PATHS:
         for subject in DUPLEX_SUBJECTS:
@@ -497,12 +502,12 @@ def metrics(result: Dict[str, Any]) -> List[Metric]:
             if entry is None:
                 continue
             prefix = f"{NAME}.{BACKENDS[subject]}.{path}"
-            if entry["ms"]["p99"] is not None:
-                # Sub-millisecond figures on a shared machine: only a doubling is news, and in a
-                # quick run (40 trials) p99 is the slowest trial, so only a tripling. The silent
+            value = entry["ms"].get(stat)
+            if value is not None:
+                # Sub-millisecond figures on a shared machine: only a doubling is news. The silent
                 # path is close_timeout plus that, so it is steadier.
-                tolerance = 0.25 if path == SILENT_CLOSE else 2.0 if result["mode"] == "quick" else 1.0
-                found.append(Metric(f"{prefix}.p99_ms", entry["ms"]["p99"], "ms", "lower", tolerance=tolerance))
+                tolerance = 0.25 if path == SILENT_CLOSE else 1.0
+                found.append(Metric(f"{prefix}.{stat}_ms", value, "ms", "lower", tolerance=tolerance))
             found.append(Metric(f"{prefix}.threads_left", entry["threads_left"], "threads", "lower", leak=True))
             found.append(Metric(f"{prefix}.fds_left", entry["fds_left"], "fds", "lower", leak=True))
             found.append(Metric(f"{prefix}.did_not_finish", entry["did_not_finish"], "trials", "lower", leak=True))
