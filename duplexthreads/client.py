@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Any, Callable, Optional, Sequence
 
+from ._deadline import timeout_arg
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, start_session
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, check_session_options, start_session
+from .transports._opening import HeadersArg, client_request
 from .transports.base import Transport
 
 __all__ = ["BACKENDS", "connect"]
@@ -15,7 +16,8 @@ __all__ = ["BACKENDS", "connect"]
 #: The client backends ``connect(backend=...)`` accepts.
 BACKENDS = ("websocket-client", "simple-websocket")
 
-Headers = Union[Mapping[str, str], Sequence[str], Sequence["tuple[str, str]"], None]
+#: ``headers=``: a mapping, ``(name, value)`` pairs, or ``"Name: value"`` lines.
+Headers = HeadersArg
 
 
 def connect(
@@ -32,11 +34,19 @@ def connect(
 ) -> Duplex:
     """Open a WebSocket connection to ``url`` and return it, already started.
 
+    Every argument is checked before any I/O: a wrong type raises ``TypeError`` and a wrong
+    value ``ValueError``, each naming the argument (a CR or LF in a header, a subprotocol that
+    is not a token, a port out of range...). ``open_timeout`` bounds the whole opening:
+    resolving the host, connecting, TLS and the HTTP upgrade together.
+
     Raises :class:`~duplexthreads.ConnectError` (an ``OSError``) when the endpoint refuses,
-    is unreachable, times out after ``open_timeout`` seconds, fails TLS, or answers without a
-    WebSocket upgrade (:class:`~duplexthreads.HandshakeRejected`, with the HTTP status); no
-    thread and no socket are left behind then. Bad arguments raise ``ValueError``/``TypeError``.
+    is unreachable, fails TLS or breaks the handshake; :class:`~duplexthreads.exceptions.ConnectTimeout`
+    (also a ``TimeoutError``) when ``open_timeout`` runs out; and
+    :class:`~duplexthreads.HandshakeRejected`, with the HTTP status, when it answers without a
+    WebSocket upgrade (redirects are not followed). No thread and no socket are left behind then.
     """
+    # The options of the connection itself come first: a mistake there must not cost a handshake.
+    check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
     transport = open_transport(
         url,
         backend=backend,
@@ -58,31 +68,32 @@ def open_transport(
     open_timeout: Optional[float] = 10.0,
 ) -> Transport:
     """Open just the transport (no threads of ours yet); used by ``connect``."""
-    if not isinstance(url, str):
-        raise TypeError(f"url must be str, not {type(url).__name__}")
-    scheme = urlsplit(url).scheme
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, not {url!r}")
-    if not urlsplit(url).hostname:
-        raise ValueError(f"url has no host: {url!r}")
-    if open_timeout is not None and not open_timeout > 0:
-        raise ValueError(f"open_timeout must be > 0 or None, not {open_timeout!r}")
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError("ssl_context must be an ssl.SSLContext")
-    if isinstance(subprotocols, str):
-        raise TypeError("subprotocols must be a sequence of names, not one str")
-    transport: Transport = _client_transport_class(backend).connect(
+    transport_class = _client_transport_class(backend)
+    # The transports check these again; checking here first means that no argument error can
+    # come after a socket was opened, whichever backend is chosen.
+    request = client_request(url, headers, subprotocols)
+    timeout = timeout_arg(open_timeout, "open_timeout")
+    if timeout == 0:
+        raise ValueError("open_timeout must be > 0 or None, not 0")
+    if ssl_context is not None:
+        if not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}")
+        if not request.secure:
+            raise ValueError(f"ssl_context given for a ws:// url (use wss:// for TLS): {url!r}")
+    transport: Transport = transport_class.connect(
         url,
-        headers=_header_pairs(headers),
+        headers=headers,
         subprotocols=subprotocols,
         ssl_context=ssl_context,
-        open_timeout=open_timeout,
+        open_timeout=timeout,
     )
     return transport
 
 
-def _client_transport_class(backend: str) -> Any:
+def _client_transport_class(backend: object) -> Any:
     """The transport class for ``backend``, imported only when chosen."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be str, one of {BACKENDS}, not {type(backend).__name__}")
     if backend == "websocket-client":
         from .transports.websocket_client import WebSocketClientTransport
 
@@ -92,25 +103,3 @@ def _client_transport_class(backend: str) -> Any:
 
         return SimpleWebSocketTransport
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-
-
-def _header_pairs(headers: Headers) -> Optional[Sequence[tuple[str, str]]]:
-    """Headers as (name, value) pairs, whether given as a mapping, pairs or 'Name: value' lines."""
-    if headers is None:
-        return None
-    pairs: List[Tuple[str, str]] = []
-    for header in headers.items() if isinstance(headers, Mapping) else headers:
-        if isinstance(header, str):
-            name, sep, value = header.partition(":")
-            if not sep:
-                raise ValueError(f"header line {header!r} has no ':'")
-            pairs.append((name.strip(), value.strip()))
-        else:
-            name, value = header
-            pairs.append((name, value))
-    for name, value in pairs:
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"header names and values must be str: {name!r}: {value!r}")
-        if not name or any(char in name + value for char in "\r\n\0"):
-            raise ValueError(f"invalid header {name!r}: {value!r}")
-    return pairs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, start_session
+from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, check_session_options, start_session
 
 __all__ = ["accept"]
 
@@ -23,9 +23,13 @@ def accept(
 
     Use it in a view and keep the view running until the connection ends (``for message in
     conn``, or ``conn.wait()``): the WSGI server owns the socket and reuses it once the view
-    returns. Raises :class:`~duplexthreads.ConnectError` when the request is not a WebSocket
-    upgrade or the server does not expose its socket.
+    returns. Arguments are checked before the handshake (``TypeError``/``ValueError``).
+    Raises :class:`~duplexthreads.HandshakeRejected` (with the status to answer) when the
+    request is not a valid WebSocket upgrade, and :class:`~duplexthreads.ConnectError` when
+    the server does not expose its socket or the client is gone. A message over
+    ``max_message_size`` bytes fails the connection with close code 1009.
     """
+    check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
     from .transports.simple_websocket import SimpleWebSocketTransport
 
     transport = SimpleWebSocketTransport.accept(environ, subprotocols=subprotocols, max_message_size=max_message_size)
