@@ -31,6 +31,7 @@ def connect(
     close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
     max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
     on_message: Optional[Callable[[Message], None]] = None,
+    close_at_exit: bool = True,
 ) -> Duplex:
     """Open a WebSocket connection to ``url`` and return it, already started.
 
@@ -44,9 +45,14 @@ def connect(
     (also a ``TimeoutError``) when ``open_timeout`` runs out; and
     :class:`~duplexthreads.HandshakeRejected`, with the HTTP status, when it answers without a
     WebSocket upgrade (redirects are not followed). No thread and no socket are left behind then.
+
+    At interpreter exit a connection still open is closed gracefully (what was queued is sent,
+    then close code 1001) within ``close_timeout``; ``close_at_exit=False`` opts out.
     """
     # The options of the connection itself come first: a mistake there must not cost a handshake.
-    check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    check_session_options(
+        on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+    )
     transport = open_transport(
         url,
         backend=backend,
@@ -55,7 +61,13 @@ def connect(
         ssl_context=ssl_context,
         open_timeout=open_timeout,
     )
-    return start_session(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    return start_session(
+        transport,
+        on_message=on_message,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+        close_at_exit=close_at_exit,
+    )
 
 
 def open_transport(

@@ -18,6 +18,7 @@ def accept(
     max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
     max_message_size: Optional[int] = None,
     on_message: Optional[Callable[[Message], None]] = None,
+    close_at_exit: bool = True,
 ) -> Duplex:
     """Upgrade the WSGI request in ``environ`` and return the connection, already started.
 
@@ -29,8 +30,16 @@ def accept(
     the server does not expose its socket or the client is gone. A message over
     ``max_message_size`` bytes fails the connection with close code 1009.
     """
-    check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    check_session_options(
+        on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+    )
     from .transports.simple_websocket import SimpleWebSocketTransport
 
     transport = SimpleWebSocketTransport.accept(environ, subprotocols=subprotocols, max_message_size=max_message_size)
-    return start_session(transport, on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
+    return start_session(
+        transport,
+        on_message=on_message,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+        close_at_exit=close_at_exit,
+    )

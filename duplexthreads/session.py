@@ -62,9 +62,9 @@ class Duplex:
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
-        check_session_options(on_message=on_message, max_queue=max_queue, close_timeout=close_timeout)
-        if not isinstance(close_at_exit, bool):
-            raise TypeError(f"close_at_exit must be True or False, not {close_at_exit!r}")
+        check_session_options(
+            on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+        )
         self.transport = transport
         self.id = transport.connection_id
         self.close_timeout = timeout_arg(close_timeout, "close_timeout")
@@ -288,7 +288,11 @@ def check_encodable(text: str) -> None:
 
 
 def check_session_options(
-    *, on_message: Optional[Callable[[Message], None]], max_queue: Optional[int], close_timeout: Optional[float]
+    *,
+    on_message: Optional[Callable[[Message], None]],
+    max_queue: Optional[int],
+    close_timeout: Optional[float],
+    close_at_exit: bool = True,
 ) -> None:
     """The options every connection takes, checked before any I/O (connect() calls this first)."""
     if max_queue is not None:
@@ -299,6 +303,8 @@ def check_session_options(
     timeout_arg(close_timeout, "close_timeout")
     if on_message is not None and not callable(on_message):
         raise TypeError(f"on_message must be callable, not {type(on_message).__name__}")
+    if not isinstance(close_at_exit, bool):
+        raise TypeError(f"close_at_exit must be True or False, not {type(close_at_exit).__name__}")
 
 
 def start_session(

@@ -68,6 +68,26 @@ def test_messages_queued_at_interpreter_exit_are_sent_then_closed_with_1001(
     assert remote.ended_by in ("eof", "peer")
 
 
+EXIT_OPTED_OUT = """
+    import sys
+    import duplexthreads
+
+    conn = duplexthreads.connect(sys.argv[1], backend=sys.argv[2], close_at_exit=False)
+    conn.send("sent and confirmed")
+    assert conn.recv(timeout=10) == "sent and confirmed"
+    print("exiting")
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_at_exit_false_leaves_the_connection_to_be_cut_off(echo_peer: ScriptedPeer, backend: str) -> None:
+    assert run_script(EXIT_OPTED_OUT, echo_peer.url, backend) == ["exiting"]
+    remote = echo_peer.next_connection()
+    assert remote.wait_ended()
+    assert remote.received == ["sent and confirmed"]
+    assert remote.close_frames == []  # no close handshake: the process just ended
+
+
 FORK = """
     import os, sys, time
     import duplexthreads
