@@ -56,7 +56,9 @@ def write_frames(sock: Any, frames: Sequence[bytes], deadline: Optional[float] =
 
     ``sendall`` cannot say how far it got before an error; sending in a loop can, and that is
     what lets the exit report account for every message (promise P4). With a ``deadline`` no
-    call blocks past it: when it passes, :class:`WriteError` says the write timed out.
+    call blocks past it: when it passes, :class:`WriteError` says the write timed out. A small
+    frame (a close frame: at most 131 bytes) is then written whole or not at all: nothing is
+    sent before the socket reports room, and room on a TCP socket is far more than that.
     """
     data = frames[0] if len(frames) == 1 else b"".join(frames)
     view = memoryview(data)

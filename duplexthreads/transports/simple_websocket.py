@@ -57,6 +57,7 @@ from ._sockets import (
     await_end_of_stream,
     close_without_reset,
     shutdown_quietly,
+    wait_for,
     write_frames,
 )
 from .base import CloseFrame, PeerClosingError, Transport, WriteError, new_connection_id, thread_name
@@ -443,6 +444,10 @@ class SimpleWebSocketTransport(Transport):
             # The server side of simple-websocket answers a peer's close frame by itself.
             if protocol.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 return
+            # Whole or not at all: wsproto counts the frame as sent once it builds it, so the
+            # socket must be able to take it first (a close frame is at most 131 bytes).
+            if deadline is not None and not wait_for(self._guard.raw, write=True, timeout=remaining(deadline)):
+                raise TransportError("the socket cannot take the close frame in time; nothing was written")
             try:
                 data = protocol.send(CloseConnection(code=code, reason=reason))
             except Exception as exc:
