@@ -24,6 +24,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
+from ._deadline import deadline_after, remaining
+
 if TYPE_CHECKING:
     from ._protocol import ExitProtocol
 
@@ -81,12 +83,14 @@ def _close_open_connections_at_exit() -> None:
     conns = [conn for conn in live() if conn.close_at_exit and not conn.inherited]
     if not conns:
         return
+    limits = [conn.close_timeout if conn.close_timeout is not None else EXIT_CLOSE_TIMEOUT for conn in conns]
+    deadline = deadline_after(max(limits) + WAKE_TIMEOUT)
     end_all(conns, GOING_AWAY, exiting=True)
-    # Connections another thread was already ending are theirs to finish; give them the same
-    # bound as our own closes, so that exit never hangs on one.
+    # Connections another thread was already ending are theirs to finish: wait for them, all
+    # within one bound (the longest close plus the wake-up backstop), so that exit never hangs.
     for conn in conns:
-        limit = conn.close_timeout if conn.close_timeout is not None else EXIT_CLOSE_TIMEOUT
-        conn.finished.wait(limit + WAKE_TIMEOUT)
+        if not conn.finished.wait(remaining(deadline)):
+            break
 
 
 def _after_fork_in_child() -> None:

@@ -3,10 +3,12 @@
 :class:`LeakCheck` snapshots the process: its threads (by identity, daemon threads included),
 ``threading.active_count()``, the OS-level threads in ``/proc/self/task`` (so a thread that a C
 extension starts behind ``threading``'s back is caught too), the open file descriptors with what
-they point to (sockets, pipes, files) and the resident set size. On exit it waits, against a
-deadline, for the process to give back what the block took, and raises :class:`LeakError` naming
-each leaked thread with its current stack and each leaked descriptor with its target, with the
-thread counts before and after::
+they point to (sockets, pipes, files), the duplexthreads connections not closed yet, and the
+resident set size. On exit it waits, against a deadline, for the process to give back what the
+block took, and raises :class:`LeakError` naming each leaked thread with its current stack, each
+leaked descriptor with its target, and each connection left open with the place that opened it
+(a connection lives until it is closed, referenced or not), with the thread counts before and
+after::
 
     from duplexthreads.testing import LeakCheck
 

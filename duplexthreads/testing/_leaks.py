@@ -120,11 +120,13 @@ def _os_thread_name(tid: int) -> str:
 
 @dataclass(frozen=True, eq=False)
 class _Resources:
-    """Things a block of code can leave behind: threads, OS-level thread ids, descriptors."""
+    """Things a block of code can leave behind: threads, OS-level thread ids, descriptors, and
+    duplexthreads connections not closed yet (by id)."""
 
     threads: FrozenSet[threading.Thread]
     os_thread_ids: FrozenSet[int]
     fds: Mapping[int, str]
+    connections: FrozenSet[int] = frozenset()
 
     @classmethod
     def current(cls, *, fds: bool = True) -> _Resources:
@@ -132,7 +134,10 @@ class _Resources:
 
     def plus(self, other: _Resources) -> _Resources:
         return _Resources(
-            self.threads | other.threads, self.os_thread_ids | other.os_thread_ids, {**self.fds, **other.fds}
+            self.threads | other.threads,
+            self.os_thread_ids | other.os_thread_ids,
+            {**self.fds, **other.fds},
+            self.connections | other.connections,
         )
 
     def minus(self, other: _Resources) -> _Resources:
@@ -141,10 +146,11 @@ class _Resources:
             self.threads - other.threads,
             self.os_thread_ids - other.os_thread_ids,
             {fd: target for fd, target in self.fds.items() if other.fds.get(fd) != target},
+            self.connections - other.connections,
         )
 
     def __bool__(self) -> bool:
-        return bool(self.threads or self.os_thread_ids or self.fds)
+        return bool(self.threads or self.os_thread_ids or self.fds or self.connections)
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,8 @@ def _take(*, fds: bool) -> Tuple[List[threading.Thread], _Resources, _Counts]:
     # missing from threading, which the wait re-checks, never the other way round.
     os_ids = _os_thread_ids()
     alive = threading.enumerate()
-    resources = _Resources(frozenset(alive), os_ids or frozenset(), open_fds() if fds else {})
+    connections = frozenset(conn.connection_id for conn in _registry.live())
+    resources = _Resources(frozenset(alive), os_ids or frozenset(), open_fds() if fds else {}, connections)
     # len(threading.enumerate()) is threading.active_count(), taken from the same look.
     counts = _Counts(len(alive), None if os_ids is None else len(os_ids), rss_kib())
     return alive, resources, counts
@@ -190,9 +197,13 @@ class LeakCheck:
     before comparing, so objects that close their fd in ``__del__`` get the chance (and warn)
     inside the block. ``label`` names the checked block in the failure message.
 
+    A duplexthreads connection opened in the block and not closed is a leak too: it lives until
+    it is closed, whether or not anything references it. The report names each one and the
+    place in the application's code that opened it (``leaked_connections``).
+
     Whatever :meth:`verify` finds is kept on the object (``leaked_threads``, ``leaked_os_threads``,
-    ``leaked_fds``, ``rss_growth_kib`` and the counts before and after), also when it does not
-    raise. Where ``/proc`` is absent only ``threading``'s threads are checked.
+    ``leaked_fds``, ``leaked_connections``, ``rss_growth_kib`` and the counts before and after),
+    also when it does not raise. Where ``/proc`` is absent only ``threading``'s threads are checked.
     """
 
     def __init__(
@@ -236,7 +247,6 @@ class LeakCheck:
         #: duplexthreads connections opened in the block and still open: one line each, saying
         #: where the application opened it (their threads and sockets are among the leaks).
         self.leaked_connections: Tuple[str, ...] = ()
-        self._connections_before: FrozenSet[int] = frozenset()
         self._before: Optional[_Counts] = None
         self._after: Optional[_Counts] = None
 
@@ -267,7 +277,6 @@ class LeakCheck:
     def start(self) -> LeakCheck:
         """Take the snapshot that :meth:`verify` compares against; ``with`` calls it for you."""
         self._reset()
-        self._connections_before = frozenset(conn.connection_id for conn in _registry.live())
         _, self._baseline, self._before = _take(fds=self.check_fds)
         return self
 
@@ -313,7 +322,13 @@ class LeakCheck:
             gc.collect()
         while True:
             self._look()
-            clean = not (self.leaked_threads or self.leaked_os_threads or self.leaked_fds or self._rss_exceeded())
+            clean = not (
+                self.leaked_threads
+                or self.leaked_os_threads
+                or self.leaked_fds
+                or self.leaked_connections
+                or self._rss_exceeded()
+            )
             remaining = deadline - time.monotonic()
             if clean or remaining <= 0:
                 break
@@ -382,9 +397,7 @@ class LeakCheck:
         else:
             self.rss_growth_kib = self._after.rss_kib - self._before.rss_kib
         self.leaked_connections = tuple(
-            _describe_connection(conn)
-            for conn in _registry.live()
-            if conn.connection_id not in self._connections_before
+            _describe_connection(conn) for conn in _registry.live() if conn.connection_id in added.connections
         )
 
     def _ignored(self, name: str) -> bool:
@@ -402,6 +415,7 @@ class LeakCheck:
                 (len(self.leaked_threads), "thread(s)"),
                 (len(self.leaked_os_threads), "OS-level thread(s) outside threading"),
                 (len(self.leaked_fds), "file descriptor(s)"),
+                (len(self.leaked_connections), "open duplexthreads connection(s)"),
             ]
             if count
         ]

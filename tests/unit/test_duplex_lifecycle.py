@@ -78,6 +78,7 @@ def test_valid_options_start_nothing() -> None:
     assert not conn.closed and conn.report is None
     assert conn.id == ours.connection_id
     assert conn.close_timeout == 0
+    conn.abort()  # a connection lives until it is closed, started or not
 
 
 # -- close() arguments ----------------------------------------------------------------------------

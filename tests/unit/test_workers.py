@@ -111,6 +111,7 @@ def test_invalid_roles_are_refused(role: Any) -> None:
     conn = Duplex(ours)
     with pytest.raises(ValueError):
         conn.add_worker(role, lambda quit: None)
+    conn.abort()  # a connection lives until it is closed, started or not
 
 
 def test_target_must_be_callable() -> None:
@@ -118,6 +119,7 @@ def test_target_must_be_callable() -> None:
     conn = Duplex(ours)
     with pytest.raises(TypeError):
         conn.add_worker("job", "not callable")  # type: ignore[arg-type]
+    conn.abort()
 
 
 def test_duplicate_role_is_refused_and_the_first_target_kept(make_pair: MakePair) -> None:
