@@ -29,7 +29,6 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import simple_websocket
-from simple_websocket.errors import SimpleWebsocketError
 from simple_websocket.ws import Base as _SimpleBase
 from wsproto import ConnectionType
 from wsproto.connection import ConnectionState
@@ -362,7 +361,7 @@ class SimpleWebSocketTransport(Transport):
             raise HandshakeRejected(status, f"not a valid WebSocket upgrade request: {exc}") from exc
         except (WsprotoError, ValueError) as exc:
             raise HandshakeRejected(400, f"not a valid WebSocket upgrade request: {exc!r}") from exc
-        except (OSError, SimpleWebsocketError) as exc:
+        except Exception as exc:  # the client gone (OSError), or the backends' own errors
             raise ConnectError(f"WebSocket handshake failed: {exc!r}") from exc
         return cls(ws, guard, connection_id, watch)
 
@@ -535,6 +534,8 @@ def _translate(
         return exc
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return _opening.timeout_error(request, deadline)
-    if isinstance(exc, (WsprotoError, OSError, ValueError, EOFError, SimpleWebsocketError)):
+    if isinstance(exc, Exception):
+        # wsproto's and h11's errors, encoding errors, simple-websocket's own: the answer was
+        # not a valid upgrade, or the connection failed under it; the original stays chained.
         return _opening.refusal(request, answer, exc)
     return exc  # KeyboardInterrupt and the like: not ours to translate

@@ -180,7 +180,11 @@ def _upgrade(request: _opening.ClientRequest, sock: socket.socket, deadline: Opt
         raise error from exc
     finally:
         ws.sock = None  # websocket-client must not touch our socket again
-    return ws.handshake_response
+    response = ws.handshake_response
+    if response is None or response.status != 101:
+        # Some versions return a redirect they were told not to follow as if it had opened.
+        raise _opening.refusal(request, bytes(channel.answer), ValueError("not 101 Switching Protocols"))
+    return response
 
 
 class _Latin1Request:
@@ -215,7 +219,10 @@ def _translate(
     if isinstance(exc, websocket.WebSocketBadStatusException):
         status = exc.status_code
         return HandshakeRejected(status, f"{request.url}: answered HTTP {status}, not a WebSocket upgrade")
-    if isinstance(exc, (websocket.WebSocketException, OSError, ValueError)):
+    if isinstance(exc, Exception):
+        # Whatever websocket-client raises parsing an answer (versions differ: IndexError for
+        # a status line without a code, UnicodeDecodeError, WebSocketException...) says the
+        # answer was not a valid upgrade; the original stays in __cause__.
         return _opening.refusal(request, answer, exc)
     return exc  # KeyboardInterrupt and the like: not ours to translate
 
@@ -276,4 +283,9 @@ def _open_through_proxy(
         raise error from exc
     sock: socket.socket = ws.sock
     ws.sock = None
-    return sock, ws.handshake_response
+    response = ws.handshake_response
+    if response is None or response.status != 101:
+        close_without_reset(sock)
+        status = 0 if response is None else int(response.status)
+        raise HandshakeRejected(status, f"{request.url}: answered HTTP {status}, not a WebSocket upgrade")
+    return sock, response
