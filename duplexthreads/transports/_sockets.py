@@ -5,6 +5,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import threading
 from typing import Any, List, Optional, Sequence
 
 from .._deadline import remaining
@@ -79,6 +80,97 @@ def write_frames(sock: Any, frames: Sequence[bytes], deadline: Optional[float] =
                     continue  # the room the poll saw was taken; poll again
     except (OSError, ValueError) as exc:
         raise WriteError(f"write failed: {exc!r}", _count_complete(frames, sent)) from exc
+
+
+class SocketWriter:
+    """Every write on one socket, whole frames only, whichever thread writes.
+
+    Four kinds of writer share a socket: the writer thread's batches, ``send()`` writing
+    directly (:meth:`write_now`, which never blocks), the owner's close frame, and the reader's
+    pongs. One lock keeps their frames from interleaving, and it is held only for a write, never
+    across threads. The one write that can stop mid-frame is a direct write the socket took only
+    part of; then the frame is *half written* until the writer thread completes it
+    (:meth:`finish`), and a pong arriving meanwhile waits in a list instead of landing inside it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        # Serialises writes; held for one write at a time, never while waiting for anything else.
+        self.lock = threading.Lock()
+        # A frame write_now() began and finish() has not completed (guarded by the lock).
+        self._half_written = False
+        # Pongs that came while a frame was half written, sent right after it (guarded by the lock).
+        self._deferred: List[bytes] = []
+        #: Whether write_now() can work: a plain socket takes MSG_DONTWAIT; an SSL socket refuses
+        #: flags and may need to write when asked to read, so it always goes through the writer.
+        self.can_write_now = bool(_DONTWAIT) and not isinstance(sock, ssl.SSLSocket)
+
+    @property
+    def half_written(self) -> bool:
+        """Whether a frame write_now() began is waiting for finish(); read with the lock held."""
+        return self._half_written
+
+    def write(self, frames: Sequence[bytes], deadline: Optional[float] = None) -> None:
+        """Write whole frames, blocking (until ``deadline``, if given); see :func:`write_frames`."""
+        # A pong stuck on a peer that stopped reading holds the lock; a bounded write must not
+        # wait for it past its own deadline.
+        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
+        if not self.lock.acquire(timeout=wait):
+            raise TimeoutWriteError("the write did not start in time: another write is stuck", 0)
+        try:
+            if self._half_written:
+                raise WriteError("a frame is half written: it must be finished first", 0)
+            write_frames(self.sock, frames, deadline)
+        finally:
+            self.lock.release()
+
+    def write_control(self, frame: bytes) -> None:
+        """Write a control frame (a pong) now, or right after a half-written frame."""
+        with self.lock:
+            if self._half_written:
+                self._deferred.append(frame)
+                return
+            write_frames(self.sock, [frame])
+
+    def write_now(self, frame: bytes) -> Optional[bytes]:
+        """Write what the socket takes at once, without blocking; return the rest, or None.
+
+        The whole frame comes back when nothing could be written: another write holds the lock,
+        the socket has no room, or it failed (the writer thread meets the failure itself).
+        """
+        if not self.lock.acquire(blocking=False):
+            return frame
+        try:
+            if self._half_written:
+                return frame
+            try:
+                sent = self.sock.send(frame, _DONTWAIT)
+            except (OSError, ValueError):  # BlockingIOError: no room; anything else: failing
+                return frame
+            if sent >= len(frame):
+                return None
+            self._half_written = sent > 0
+            return frame[sent:]
+        finally:
+            self.lock.release()
+
+    def finish(self, rest: bytes) -> None:
+        """The writer thread completes what :meth:`write_now` began; :class:`WriteError` if it cannot."""
+        with self.lock:
+            try:
+                write_frames(self.sock, [rest])
+            finally:
+                self._half_written = False
+            deferred, self._deferred = self._deferred, []
+            if deferred:
+                try:
+                    write_frames(self.sock, deferred)
+                except WriteError:
+                    pass  # the message is out; the reader meets the failure and reports it
+
+
+class TimeoutWriteError(WriteError):
+    """A bounded write ran out of time before it could begin."""
 
 
 def wait_for(sock: Any, *, write: bool, timeout: Optional[float]) -> bool:
@@ -167,6 +259,7 @@ def _count_complete(frames: Sequence[bytes], sent: int) -> int:
 
 __all__: List[str] = [
     "BorrowedSocket",
+    "SocketWriter",
     "await_end_of_stream",
     "close_without_reset",
     "drain",

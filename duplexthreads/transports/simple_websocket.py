@@ -53,6 +53,7 @@ from ..report import Message
 from . import _framing, _opening
 from ._sockets import (
     BorrowedSocket,
+    SocketWriter,
     await_end_of_stream,
     close_without_reset,
     shutdown_quietly,
@@ -83,9 +84,11 @@ class _GuardedSocket(BorrowedSocket):
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
-        # Serialises every write on the connection: our writer's batches and the backend
-        # thread's pong and close replies. Held only while writing, never while reading.
-        self.write_lock = threading.Lock()
+        # Every write on the connection: our writer's batches, send()'s direct writes (client
+        # side), our close frame, and the backend thread's pong and close replies. Its lock is
+        # held only while writing, never while reading.
+        self.writer = SocketWriter(sock)
+        self.write_lock = self.writer.lock
         # Set by the backend thread when its recv() fails or reaches end of stream, so that a
         # lost connection is not mistaken for a close frame.
         self.read_failure: Optional[BaseException] = None
@@ -105,8 +108,8 @@ class _GuardedSocket(BorrowedSocket):
             self.read_gate.notify_all()
 
     def send(self, data: bytes) -> int:
-        with self.write_lock:
-            self.raw.sendall(data)
+        # The backend thread's replies: whole, and never inside a frame half written.
+        self.writer.write_control(data)
         return len(data)
 
     sendall = send
@@ -271,6 +274,8 @@ class SimpleWebSocketTransport(Transport):
         self._guard = guard
         self._watch = watch if watch is not None else _Watch(None)
         self._is_client = isinstance(ws, _Client)
+        # Only the client side frames its own data (the server's go through wsproto).
+        self.direct_writes = self._is_client and guard.writer.can_write_now
         self._thread: threading.Thread = ws.thread
         self._subprotocol: Optional[str] = None if ws.subprotocol is None else str(ws.subprotocol)
         guard.buffered = lambda: len(ws.input_buffer)
@@ -413,6 +418,8 @@ class SimpleWebSocketTransport(Transport):
     def send_batch(self, messages: Sequence[Message]) -> None:
         protocol = self._ws.ws
         with self._guard.write_lock:
+            if self._guard.writer.half_written:
+                raise WriteError("a frame is half written: it must be finished first", 0)
             if self._is_client and protocol.state is ConnectionState.OPEN:
                 # Our client never negotiates an extension, so its data frames are plain masked
                 # frames: build them with our framing (C masking when available), not wsproto's.
@@ -432,6 +439,16 @@ class SimpleWebSocketTransport(Transport):
                 raise WriteError(f"cannot send: {exc!r}", len(frames)) from exc
             write_frames(self._guard.raw, frames)
 
+    def send_now(self, message: Message) -> Optional[object]:
+        # Once a close frame went either way, the writer decides what may still be sent.
+        if self._ws.ws.state is not ConnectionState.OPEN:
+            return message
+        return self._guard.writer.write_now(_framing.encode_messages([message])[0])
+
+    def send_rest(self, rest: object) -> None:
+        assert isinstance(rest, bytes)
+        self._guard.writer.finish(rest)
+
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         deadline = deadline_after(timeout)
         protocol = self._ws.ws
@@ -440,6 +457,8 @@ class SimpleWebSocketTransport(Transport):
         if not self._guard.write_lock.acquire(timeout=wait):
             raise TransportError("cannot send the close frame in time: another write is stuck")
         try:
+            if self._guard.writer.half_written:
+                raise TransportError("a frame is half written; the close frame cannot go now")
             # The server side of simple-websocket answers a peer's close frame by itself.
             if protocol.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 return

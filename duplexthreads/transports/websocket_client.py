@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import websocket
 
@@ -27,7 +26,7 @@ from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
 from . import _framing, _opening
 from ._reading import FrameReader, Ping
-from ._sockets import await_end_of_stream, close_without_reset, shutdown_quietly, write_frames
+from ._sockets import SocketWriter, await_end_of_stream, close_without_reset, shutdown_quietly
 from .base import CloseFrame, Transport
 
 __all__ = ["WebSocketClientTransport"]
@@ -46,8 +45,9 @@ class WebSocketClientTransport(Transport):
         self._subprotocol = subprotocol
         # Block without a timeout: the owner wakes the reader with shutdown(), so no polling.
         self._sock.settimeout(None)
-        # Serialises every write: the writer's batches, our close frame, the reader's pongs.
-        self._write_lock = threading.Lock()
+        # Every write: the writer's batches, send()'s direct writes, our close frame, pongs.
+        self._writer = SocketWriter(sock)
+        self.direct_writes = self._writer.can_write_now
         self._shut = False
         self._reader = FrameReader(sock, lambda: self._shut)
 
@@ -99,7 +99,7 @@ class WebSocketClientTransport(Transport):
             while True:
                 event = self._reader.read()
                 if isinstance(event, Ping):
-                    self._write([_framing.encode_frame(_OPCODE_PONG, event.payload, os.urandom(4))])
+                    self._writer.write_control(_framing.encode_frame(_OPCODE_PONG, event.payload, os.urandom(4)))
                     continue
                 return event
         except TransportError:
@@ -110,11 +110,18 @@ class WebSocketClientTransport(Transport):
             raise TransportError(f"read failed: {exc!r}") from exc
 
     def send_batch(self, messages: Sequence[Message]) -> None:
-        self._write(_framing.encode_messages(messages))
+        self._writer.write(_framing.encode_messages(messages))
+
+    def send_now(self, message: Message) -> Optional[object]:
+        return self._writer.write_now(_framing.encode_messages([message])[0])
+
+    def send_rest(self, rest: object) -> None:
+        assert isinstance(rest, bytes)
+        self._writer.finish(rest)
 
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         frame = _framing.encode_frame(_framing.OPCODE_CLOSE, _framing.close_payload(code, reason), os.urandom(4))
-        self._write([frame], deadline_after(timeout))
+        self._writer.write([frame], deadline_after(timeout))
 
     def shutdown(self) -> None:
         self._shut = True
@@ -133,17 +140,6 @@ class WebSocketClientTransport(Transport):
         # for TLS no close_notify (CPython's SSL socket sends none on close()).
         self._sock.close()
         self._reader.release()
-
-    def _write(self, frames: List[bytes], deadline: Optional[float] = None) -> None:
-        # A pong stuck on a peer that stopped reading holds the lock; a bounded write must not
-        # wait for it past its own deadline.
-        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
-        if not self._write_lock.acquire(timeout=wait):
-            raise TransportError("the write did not start in time: another write is stuck")
-        try:
-            write_frames(self._sock, frames, deadline)
-        finally:
-            self._write_lock.release()
 
 
 # -- the opening handshake, by websocket-client --------------------------------------------------------
