@@ -4,7 +4,8 @@ publishing the one report of how it ended.
 Each ``Duplex`` owns one :class:`ExitProtocol`, created with it. The protocol object owns
 everything the threads share: *quit*, the outbound and inbound queues, the *done* queue, the
 workers, the lock, the report and the *finished* event. ``Duplex`` only checks arguments and
-calls the public methods here; ``close_all`` and the exit hook use the same methods.
+calls the public methods here; ``close_all`` (``bulk.py``) and the exit hook use the same
+methods, starting to end every connection before finishing any.
 
 The life of a connection is one :class:`Phase`; every change of phase is made here, by
 ``_enter``, against :data:`TRANSITIONS`, and any other change is a bug that raises::
@@ -47,19 +48,20 @@ import functools
 import queue
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from . import _registry
+from ._causes import ABORTED, AbortRequest, Cause, CloseRequest, cause_of
 from ._deadline import deadline_after, remaining
 from ._queues import SealableQueue
-from ._rfc6455 import ABNORMAL_CLOSURE, INTERNAL_ERROR, NORMAL_CLOSURE, is_sendable_close_code
+from ._rfc6455 import ABNORMAL_CLOSURE
 from ._workers import extra_worker, read_loop, run_worker, write_loop
 from .exceptions import ProtocolError, TransportError, UsageError
 from .report import Close, ExitReport, Message, Reason, WorkerExit
 from .transports.base import Transport, thread_name
 
-__all__ = ["AbortRequest", "CloseRequest", "ExitProtocol", "Phase", "end_all"]
+__all__ = ["EXIT_CLOSE_TIMEOUT", "TRANSITIONS", "WAKE_TIMEOUT", "ExitProtocol", "IllegalTransition", "Phase"]
 
 #: How long the workers get to exit once woken; they need microseconds, this is a backstop
 #: for a thread stuck in application code (an ``on_message`` callback that does not return).
@@ -95,42 +97,6 @@ TRANSITIONS: Mapping[Phase, FrozenSet[Phase]] = {
 
 class IllegalTransition(RuntimeError):
     """A change of phase that :data:`TRANSITIONS` does not allow: a bug in duplexthreads."""
-
-
-@dataclass(frozen=True)
-class CloseRequest:
-    """``close()``: end with this close frame, the handshake over by ``deadline``."""
-
-    code: int
-    reason: str
-    #: Seconds the close may take (for messages), and when they run out; None: no limit.
-    timeout: Optional[float]
-    deadline: Optional[float]
-
-
-@dataclass(frozen=True)
-class AbortRequest:
-    """``abort()``: end now, without a close handshake."""
-
-
-@dataclass(frozen=True)
-class Cause:
-    """What ended the connection, as the owner decided it."""
-
-    first: str
-    reason: Reason
-    error: Optional[BaseException] = None
-    #: The close frame we still owe the peer, sent once the writer has stopped.
-    reply: Optional[Close] = None
-
-
-#: What ends a connection when the application calls abort() (or the protocol must stop).
-ABORTED = Cause("owner", Reason.ABORTED)
-
-
-def close_request(code: int, reason: str, timeout: Optional[float]) -> CloseRequest:
-    """A close request whose handshake must be over ``timeout`` seconds from now."""
-    return CloseRequest(code, reason, timeout, deadline_after(timeout))
 
 
 class ExitProtocol:
@@ -504,7 +470,7 @@ class ExitProtocol:
         self._record(item)
         closing = self._closing
         if closing is None:
-            return _cause_of(item)
+            return cause_of(item)
         if item.role == "writer" and item.error is None and self._sent is not None:
             return None  # our close frame is out (the writer's or ours); wait for the answer
         if item.role not in ("reader", "writer") and item.error is None:
@@ -731,59 +697,3 @@ class ExitProtocol:
                 self.transport.forget()
             except OSError:
                 pass
-
-
-def _cause_of(first: WorkerExit) -> Cause:
-    """What the first worker report means when nobody asked to close."""
-    if first.role == "reader":
-        if first.peer_close is not None:
-            code, reason = first.peer_close
-            reply = (code, reason) if is_sendable_close_code(code) else (NORMAL_CLOSURE, "")
-            return Cause("reader", Reason.PEER_CLOSED, None, reply)
-        error = first.error
-        if isinstance(error, ProtocolError):
-            # The peer broke the protocol: fail the connection with the code RFC 6455 names.
-            return Cause("reader", Reason.READ_ERROR, error, (error.close_code, ""))
-        if error is None or isinstance(error, TransportError):
-            return Cause("reader", Reason.READ_ERROR, error)
-        # The on_message callback raised: the connection is fine, so tell the peer politely.
-        return Cause("reader", Reason.READ_ERROR, error, (INTERNAL_ERROR, ""))
-    if first.role == "writer":
-        return Cause("writer", Reason.WRITE_ERROR, first.error)
-    code = NORMAL_CLOSURE if first.error is None else INTERNAL_ERROR
-    return Cause(first.role, Reason.WORKER_EXIT, first.error, (code, ""))
-
-
-def end_all(
-    protocols: Sequence[ExitProtocol],
-    code: int = NORMAL_CLOSURE,
-    reason: str = "",
-    *,
-    abort: bool = False,
-    exiting: bool = False,
-) -> None:
-    """Start ending every connection, then finish each: the teardowns overlap.
-
-    Each close gets its connection's own ``close_timeout`` (at interpreter exit, ``exiting``,
-    one without a limit gets :data:`EXIT_CLOSE_TIMEOUT`). Returns once every connection this
-    call took over has published its report; the others are ending under their own owners.
-    """
-    begun = []
-    concluded = 0
-    try:
-        for protocol in protocols:
-            timeout = protocol.close_timeout
-            if exiting and timeout is None:
-                timeout = EXIT_CLOSE_TIMEOUT
-            request = AbortRequest() if abort else close_request(code, reason, timeout)
-            if protocol.start_ending(request):
-                begun.append(protocol)
-        for protocol in begun:
-            protocol.finish_ending()
-            concluded += 1
-    finally:
-        # Only after an exception (Ctrl-C, say): the connections this call took over are
-        # still ours to end, and nobody else will.
-        for protocol in begun[concluded:]:
-            if not protocol.finished.is_set():
-                protocol.finish_ending(abort=True)

@@ -77,8 +77,10 @@ def where_opened(limit: int = 3) -> Tuple[Place, ...]:
 
 
 def _close_open_connections_at_exit() -> None:
-    from ._protocol import EXIT_CLOSE_TIMEOUT, WAKE_TIMEOUT, end_all  # here: that module imports this one
+    # Imported here: those modules import this one.
+    from ._protocol import EXIT_CLOSE_TIMEOUT, WAKE_TIMEOUT
     from ._rfc6455 import GOING_AWAY
+    from .bulk import end_all
 
     conns = [conn for conn in live() if conn.close_at_exit and not conn.inherited]
     if not conns:

@@ -8,14 +8,15 @@ connection's messages), and only then waits for them, so the wake-ups and round 
 
 from __future__ import annotations
 
-from typing import Iterable, List
+from typing import Iterable, List, Sequence
 
-from ._protocol import end_all
-from ._rfc6455 import check_close_code, check_close_reason
+from ._causes import AbortRequest, close_request
+from ._protocol import EXIT_CLOSE_TIMEOUT, ExitProtocol
+from ._rfc6455 import NORMAL_CLOSURE, check_close_code, check_close_reason
 from .report import ExitReport
 from .session import Duplex
 
-__all__ = ["close_all"]
+__all__ = ["close_all", "end_all"]
 
 
 def close_all(
@@ -36,3 +37,38 @@ def close_all(
     check_close_reason(reason)
     end_all([conn._protocol for conn in conns], code, reason, abort=abort)
     return [conn.wait() for conn in conns]
+
+
+def end_all(
+    protocols: Sequence[ExitProtocol],
+    code: int = NORMAL_CLOSURE,
+    reason: str = "",
+    *,
+    abort: bool = False,
+    exiting: bool = False,
+) -> None:
+    """Start ending every connection, then finish each: the teardowns overlap.
+
+    Each close gets its connection's own ``close_timeout`` (at interpreter exit, ``exiting``,
+    one without a limit gets :data:`EXIT_CLOSE_TIMEOUT`). Returns once every connection this
+    call took over has published its report; the others are ending under their own owners.
+    """
+    begun: List[ExitProtocol] = []
+    concluded = 0
+    try:
+        for protocol in protocols:
+            timeout = protocol.close_timeout
+            if exiting and timeout is None:
+                timeout = EXIT_CLOSE_TIMEOUT
+            request = AbortRequest() if abort else close_request(code, reason, timeout)
+            if protocol.start_ending(request):
+                begun.append(protocol)
+        for protocol in begun:
+            protocol.finish_ending()
+            concluded += 1
+    finally:
+        # Only after an exception (Ctrl-C, say): the connections this call took over are
+        # still ours to end, and nobody else will.
+        for protocol in begun[concluded:]:
+            if not protocol.finished.is_set():
+                protocol.finish_ending(abort=True)

@@ -14,8 +14,9 @@ import threading
 from types import TracebackType
 from typing import Callable, Iterator, Optional, Tuple, Type, Union
 
+from ._causes import AbortRequest, close_request
 from ._deadline import deadline_after, timeout_arg
-from ._protocol import AbortRequest, ExitProtocol, Phase, close_request
+from ._protocol import ExitProtocol, Phase
 from ._queues import Sealed
 from ._rfc6455 import check_close_code, check_close_reason
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, UsageError
