@@ -18,7 +18,7 @@ Every Client lists the threads started for it (``threads``: the library's, read 
 source, and our reader), can be killed from any thread without blocking (``kill``:
 ``shutdown(SHUT_RDWR)`` on its socket, which wakes every blocked call) and can be waited for
 (``finish``). WebSocketApp's thread sometimes outlives ``close()`` by its 10 s select timeout
-(../shared/FACTS.md): :func:`settle` hands such threads to :data:`LINGERING`, which a section
+(see docs/design.rst): :func:`settle` hands such threads to :data:`LINGERING`, which a section
 joins (bounded) before it ends, so that they neither stall a timed round nor go unnoticed.
 """
 

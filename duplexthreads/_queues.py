@@ -248,12 +248,15 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     # Predicates for Condition.wait_for; called with self.mutex held.
 
     def _has_room(self) -> bool:
+        assert self.mutex.locked()
         return self._sealed or not 0 < self.maxsize <= self._qsize()
 
     def _item_or_seal(self) -> bool:
+        assert self.mutex.locked()
         return self._sealed or bool(self._qsize())
 
     def _work_or_stop(self) -> bool:
+        assert self.mutex.locked()
         return self._stopped or (not self._direct and (self._sealed or bool(self._qsize())))
 
 

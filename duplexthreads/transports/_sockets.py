@@ -108,6 +108,7 @@ class SocketWriter:
     @property
     def half_written(self) -> bool:
         """Whether a frame write_now() began is waiting for finish(); read with the lock held."""
+        assert self.lock.locked()
         return self._half_written
 
     def write(self, frames: Sequence[bytes], deadline: Optional[float] = None) -> None:

@@ -2,7 +2,7 @@
 
 simple-websocket runs one thread per connection that reads the socket, parses it with wsproto
 and buffers messages; our reader takes them with ``receive()``. Its habits that need care
-(../shared/FACTS.md and the hardening issue):
+(measured and explained in docs/design.rst):
 
 - its ``send()`` uses ``sock.send``, which may write part of a frame, and its thread answers
   pings on the same socket without a lock; so it gets a :class:`_GuardedSocket` whose ``send``

@@ -2,7 +2,7 @@
 
 websocket-client performs the HTTP upgrade (and, behind an HTTP or SOCKS proxy named in the
 environment, the whole opening). Everything after the handshake we do ourselves, on the raw
-socket, for reasons measured in ../shared/FACTS.md and in the hardening issue:
+socket, for reasons measured and explained in docs/design.rst:
 
 - Reading: :class:`~._reading.FrameReader` checks every frame as RFC 6455 says and assembles a
   fragmented message in linear time; websocket-client's reader appends each fragment to one
