@@ -99,6 +99,23 @@ constructor returns. Each client it accepts becomes a :class:`PeerConnection`, h
         assert remote.wait_close_frame()[0] == VIOLATIONS["invalid-utf8"]
         assert remote.wait_ended() and remote.ended_by == "eof"
 
+Two checks of a client's opening and closing, with the options below::
+
+    # A 101 without the Upgrade header, the accept key right: the client must not open.
+    answer = "HTTP/1.1 101 Switching Protocols\\r\\nConnection: Upgrade\\r\\n"
+    answer += "Sec-WebSocket-Accept: {accept}\\r\\n\\r\\n"
+    with ScriptedPeer(handshake_answer=answer) as peer:
+        with pytest.raises(MyClientError):
+            MyClient(peer.url)
+        assert peer.next_connection(timeout=5).request_target == "/"
+
+    # After the close handshake, does the client let the server end TCP first (RFC 6455, 7.1.1)?
+    with ScriptedPeer(linger_after_close=0.5) as peer:
+        client = MyClient(peer.url)
+        remote = peer.next_connection(timeout=5)
+        client.close()
+        assert remote.wait_ended() and remote.first_to_end_tcp == "server"
+
 The options apply to every connection the peer accepts:
 
 ``echo=True``
@@ -123,6 +140,23 @@ The options apply to every connection the peer accepts:
     IPv6 literals in brackets, plus ``:port`` unless it is the scheme's default.
 ``subprotocols=("chat",)``
     Accept the first subprotocol the client offers that is in this list.
+``handshake_answer="HTTP/1.1 101 ...\\r\\n\\r\\n"``
+    Answer every upgrade request with exactly these bytes instead of a 101, then end TCP: how
+    does a client handle a broken or unexpected answer (a wrong accept key, no Upgrade header, a
+    subprotocol or extension it did not offer, a redirect, garbage, an answer cut short, header
+    bytes that are not UTF-8...)? A str is taken as latin-1, one byte a character (pass bytes
+    for anything else). ``{accept}`` in it becomes the ``Sec-WebSocket-Accept`` that answers the
+    request's key (nothing, if the request has no key); ``""`` ends TCP without a word.
+    The request is recorded as usual (``request_target``, ``request_headers``; ``handshake_error``
+    says what was wrong with it, if anything); ``response_status`` stays None. No option that
+    shapes the answer or the connection after it may be given too.
+``linger_after_close=0.5``
+    After a close handshake, whoever started it, do not end TCP first: wait up to that many
+    seconds for the client to end it, then end it. RFC 6455 (7.1.1) asks the client to wait for
+    the server to end TCP; ``first_to_end_tcp`` says whether it did, and a long linger shows
+    whether a client bounded by its close timeout hangs on a server that never ends TCP. Not
+    with ``silent``; a close frame answered late, by ``close()`` after ``go_silent()``, still
+    ends TCP at once.
 ``timeout=10.0``
     Bound on every wait without a timeout of its own: ``next_connection()`` and the waits by
     default, a send to a client that stopped reading, the opening handshake, the wait for the
@@ -135,9 +169,10 @@ A :class:`PeerConnection` sends ``send(message)`` (str: text, bytes: binary),
 as browsers send), and ``violate(name)``. It ends TCP with ``reset()`` (RST: ``SO_LINGER`` 0)
 or ``drop()`` (FIN, no close frame); ``stop_reading()``, ``resume_reading()`` and
 ``go_silent()`` change its behaviour from then on. After a close handshake the server ends TCP
-first (RFC 6455, 7.1.1) and reads on until the client ends its side. Pings are answered and
-close frames returned unless the connection is silent. A client that breaks the protocol is
-sent a close frame with code 1002 or 1007 (see ``protocol_errors``).
+first (RFC 6455, 7.1.1; later with ``linger_after_close``) and reads on until the client ends
+its side. Pings are answered and close frames returned unless the connection is silent. A
+client that breaks the protocol is sent a close frame with code 1002 or 1007 (see
+``protocol_errors``).
 
 What it saw: ``received`` (whole messages), ``dropped``, ``close_frames`` ((code, reason) pairs,
 code None for an empty payload), ``pongs``, ``protocol_errors``, ``request_target``,
@@ -145,8 +180,14 @@ code None for an empty payload), ``pongs``, ``protocol_errors``, ``request_targe
 ``handshake_error``, ``ended`` and ``ended_by``: how TCP ended as seen from the peer,
 ``"eof"`` (the client's FIN), ``"reset"`` (the client's RST), ``"peer"`` (the peer ended it
 first: ``reset()``, ``drop()``, closing the peer, or a client that never ended TCP after the
-close handshake), or None while open. ``unread_at_close`` counts the bytes the client sent that
-were never read when the socket closed; when it is above 0 the kernel answered with RST.
+close handshake), or None while open. ``first_to_end_tcp`` is who ended TCP first, by FIN or
+RST: ``"client"`` (its FIN came while the peer's side was still open), ``"reset"`` (the
+client's RST came first), ``"server"`` (the peer ended its side first: after a close handshake,
+a refusal, a ``handshake_answer`` or a protocol error, by ``reset()``, ``drop()`` or closing
+the peer), or None while neither has. After a plain close handshake it is ``"server"`` while
+``ended_by`` is ``"eof"``: the server ended TCP first, then read the client's FIN.
+``unread_at_close`` counts the bytes the client sent that were never read when the socket
+closed; when it is above 0 the kernel answered with RST.
 The waits, ``wait_messages(count)``, ``wait_close_frame()``, ``wait_pongs(count)`` and
 ``wait_ended()``, raise ``TimeoutError`` saying what did come, and ``ConnectionError`` if the
 connection ended first. Controls that write raise ``ConnectionError`` once it has ended.
@@ -177,8 +218,10 @@ connection with:
 :class:`ScriptedClient` is the same connection in the client role, for testing a server such as
 ``duplexthreads.accept()`` in a WSGI app. It masks its frames (``violate("unmasked-frame")``
 does not). Entering it connects, and its ``connection`` attribute is the
-:class:`PeerConnection`. A refused upgrade raises :class:`HandshakeRefused`, a
-``ConnectionError`` with the ``status`` and ``body`` of the answer::
+:class:`PeerConnection`; its ``first_to_end_tcp`` names the sides by role too (``"client"`` is
+the scripted client; ``"server"`` and ``"reset"`` are the server under test). A refused upgrade
+raises :class:`HandshakeRefused`, a ``ConnectionError`` with the ``status`` and ``body`` of the
+answer::
 
     with ScriptedClient(f"ws://127.0.0.1:{port}/ws", headers={"X-Token": "t"}) as client:
         client.connection.send_fragmented("hello", 2)

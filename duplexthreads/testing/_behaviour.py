@@ -6,7 +6,8 @@ process, so a wrong argument fails at once as ``ValueError`` or ``TypeError``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Any, Optional, Tuple, Union
 
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
@@ -28,6 +29,8 @@ class Behaviour:
     trickle_handshake: Optional[float] = None
     strict_host: bool = False
     subprotocols: Tuple[str, ...] = ()
+    handshake_answer: Optional[bytes] = None
+    linger_after_close: Optional[float] = None
     timeout: float = 10.0
 
     def __post_init__(self) -> None:
@@ -44,6 +47,44 @@ class Behaviour:
             raise ValueError(f"trickle_handshake must be a delay in seconds > 0, not {self.trickle_handshake!r}")
         if not self.timeout > 0:
             raise ValueError(f"timeout must be > 0, not {self.timeout!r}")
+        if self.handshake_answer is not None:
+            if not isinstance(self.handshake_answer, bytes):
+                raise TypeError(f"handshake_answer must be bytes, not {type(self.handshake_answer).__name__}")
+            # The canned answer replaces the whole handshake, so an option that shapes the answer
+            # or the WebSocket connection after it could never apply: say so rather than ignore it.
+            ignored = [
+                item.name
+                for item in fields(self)
+                if item.name not in ("handshake_answer", "timeout") and getattr(self, item.name) != item.default
+            ]
+            if ignored:
+                raise ValueError(f"handshake_answer replaces the handshake: {', '.join(ignored)} cannot apply")
+        if self.linger_after_close is not None:
+            linger = self.linger_after_close
+            if isinstance(linger, bool) or not isinstance(linger, (int, float)):
+                raise TypeError(f"linger_after_close must be a number of seconds, not {type(linger).__name__}")
+            if not (linger >= 0 and math.isfinite(linger)):
+                raise ValueError(f"linger_after_close must be a finite number of seconds >= 0, not {linger!r}")
+            if self.silent:
+                raise ValueError("linger_after_close cannot apply with silent=True: it completes no close handshake")
+
+
+def handshake_answer_bytes(answer: object) -> Optional[bytes]:
+    """``handshake_answer`` as the bytes to send: a str is taken as latin-1, one byte a character."""
+    if answer is None or isinstance(answer, bytes):
+        return answer
+    if isinstance(answer, (bytearray, memoryview)):
+        return bytes(answer)
+    if isinstance(answer, str):
+        try:
+            return answer.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            character = exc.object[exc.start]
+            raise ValueError(
+                f"a str handshake_answer holds characters up to U+00FF only (one byte each), not {character!r};"
+                " pass bytes for anything else"
+            ) from None
+    raise TypeError(f"handshake_answer must be str or bytes, not {type(answer).__name__}")
 
 
 def check_message(message: object) -> None:

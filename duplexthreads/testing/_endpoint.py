@@ -38,7 +38,7 @@ except ImportError:  # not POSIX: unread_at_close stays None
     fcntl = termios = None  # type: ignore[assignment]
 
 # What the reading thread does after a batch of events.
-_KEEP_READING, _DRAIN, _DRAIN_SILENTLY = "keep reading", "drain", "drain silently"
+_KEEP_READING, _DRAIN, _DRAIN_SILENTLY, _LINGER = "keep reading", "drain", "drain silently", "linger"
 
 
 def readable(sock: Union[socket.socket, int], timeout: Optional[float]) -> bool:
@@ -86,6 +86,8 @@ class Endpoint:
     def __init__(self, sock: socket.socket, *, client: bool, behaviour: Behaviour, name: str, index: int) -> None:
         self.index = index
         self.client = client
+        # Who ends TCP first is recorded by role, the other side's end of it included.
+        self._role, self._other_role = ("client", "server") if client else ("server", "client")
         self.record = Record(behaviour.timeout)
         self._sock = sock
         self._behaviour = behaviour
@@ -178,6 +180,9 @@ class Endpoint:
             if after == _DRAIN_SILENTLY:
                 self._drain(None)
                 return
+            if after == _LINGER:
+                self._linger(self._behaviour.linger_after_close or 0.0)
+                return
 
     def _handle_events(self, ws: Connection) -> str:
         """Record and answer what arrived (write lock held); say what the reader does next."""
@@ -193,8 +198,11 @@ class Endpoint:
                     return _DRAIN_SILENTLY
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self._send_quietly(ws.send(event.response()))
-                if not self.client:  # the close handshake is over: the server ends TCP first (RFC 6455, 7.1.1)
-                    self._shutdown_quietly(socket.SHUT_WR)
+                if self.client:
+                    return _DRAIN  # and wait for the server to end TCP first
+                if self._behaviour.linger_after_close is not None:
+                    return _LINGER
+                self._shut_wr()  # the close handshake is over: the server ends TCP first (RFC 6455, 7.1.1)
                 return _DRAIN
             if isinstance(event, (TextMessage, BytesMessage)):
                 self._collect(ws, event)
@@ -210,7 +218,7 @@ class Endpoint:
         self.record.append("protocol_errors", (code, reason))
         if ws.state is ConnectionState.OPEN:
             self._send_quietly(ws.send(CloseConnection(code=code, reason=reason[:100])))
-        self._shutdown_quietly(socket.SHUT_WR)
+        self._shut_wr()
         return _DRAIN
 
     def _collect(self, ws: Connection, event: Any) -> None:
@@ -248,6 +256,8 @@ class Endpoint:
         else:
             how = "peer"  # our own deadline ran out, or the socket failed on this side
         self.record.set_if_unset("ended_by", how)
+        # Kept only if this side had not ended TCP already: then the other side's end came second.
+        self.record.set_if_unset("first_to_end_tcp", {"eof": self._other_role, "reset": "reset"}.get(how, self._role))
 
     def _drain(self, deadline: Optional[float]) -> None:
         """Read and discard until the client ends TCP, ``deadline`` passes (None: no limit) or stop."""
@@ -258,11 +268,24 @@ class Endpoint:
             if self._recv() is None:
                 return
 
+    def _linger(self, seconds: float) -> None:
+        """After the close handshake, leave TCP to the client for ``seconds``: read (and discard)
+        until it ends TCP, or end it once they have passed and drain as after any close."""
+        deadline = time.monotonic() + seconds
+        while readable(self._sock, max(0.0, deadline - time.monotonic())):  # stop()'s shutdown wakes it
+            if self._recv() is None:
+                return  # the client ended TCP first (or stop): first_to_end_tcp says which
+            if time.monotonic() >= deadline:
+                break  # the client is still sending when the time is up
+        self._shut_wr()
+        self._drain(time.monotonic() + self._behaviour.timeout)
+
     def _close_socket(self) -> None:
         with self._write_lock:  # after any write in progress: a control's sendall is bounded
             unread = unread_bytes(self._sock)
             if self._reset_on_close:  # SO_LINGER 0: close() sends RST, not FIN
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.record.set_if_unset("first_to_end_tcp", self._role)
             self._socket_closed = True
             self._sock.close()
         self.record.set_if_unset("ended_by", "peer")
@@ -282,16 +305,26 @@ class Endpoint:
         except OSError:
             pass
 
+    def _shut_wr(self) -> None:
+        """End this side of TCP with FIN, and read on. Recorded first, so that the other side's
+        answering FIN, which the reading thread may see at once, cannot be taken for the first."""
+        self.record.set_if_unset("first_to_end_tcp", self._role)
+        self._shutdown_quietly(socket.SHUT_WR)
+
     # -- controls (the caller's thread) ------------------------------------------------------------
 
     def _write(self, build: Callable[[Connection], bytes], *, needs_websocket: bool = True) -> None:
         with self._write_lock:
             if self._ws is None and needs_websocket:
+                status = self.record.observe("response_status")
+                scripted = self._behaviour.handshake_answer is not None
                 raise RuntimeError(
-                    f"no WebSocket connection: the handshake ended with {self.record.observe('response_status')}"
+                    "no WebSocket connection: the opening handshake ended with "
+                    + (str(status) if status is not None else "the handshake_answer" if scripted else "no answer")
                 )
             if self._socket_closed:
                 raise ConnectionError(f"the connection has ended ({self.record.observe('ended_by')})")
+            was_closed = self._ws is not None and self._ws.state is ConnectionState.CLOSED
             try:
                 data = build(self._ws)  # type: ignore[arg-type]
             except LocalProtocolError as exc:
@@ -302,8 +335,12 @@ class Endpoint:
                 raise TimeoutError(
                     f"the other side read none of the last bytes for {self._behaviour.timeout:g} s"
                 ) from None
-            if self._ws is not None and self._ws.state is ConnectionState.CLOSED and not self.client:
-                self._shutdown_quietly(socket.SHUT_WR)  # a late answer to a close frame ends the handshake
+            closed_now = self._ws is not None and self._ws.state is ConnectionState.CLOSED and not was_closed
+            if closed_now and not self.client:
+                # A late answer to a close frame (the connection went silent) ends the handshake.
+                # TCP ends now even with linger_after_close: the reading thread, in a drain without
+                # a deadline, could not end it later.
+                self._shut_wr()
 
     def _check_open(self, ws: Connection) -> None:
         if ws.state is not ConnectionState.OPEN:
@@ -351,6 +388,7 @@ class Endpoint:
             if self._socket_closed:
                 raise ConnectionError(f"the connection has ended ({self.record.observe('ended_by')})")
             self.record.set_if_unset("ended_by", "peer")
+            self.record.set_if_unset("first_to_end_tcp", self._role)
             self._sock.shutdown(socket.SHUT_WR)
 
     def stop_reading(self) -> None:
@@ -378,6 +416,7 @@ class Endpoint:
             self._reset_on_close = self._reset_on_close or reset
             self._control.notify_all()
         self.record.set_if_unset("ended_by", "peer")
+        self.record.set_if_unset("first_to_end_tcp", self._role)  # FIN now, or RST at the close
         # SHUT_RD wakes a blocked recv() and sends nothing; SHUT_RDWR also wakes a blocked send,
         # but sends FIN, which must not precede a reset's RST.
         self._shutdown_quietly(socket.SHUT_RD if reset else socket.SHUT_RDWR)

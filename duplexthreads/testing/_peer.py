@@ -12,7 +12,7 @@ from dataclasses import asdict
 from types import TracebackType
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from ._behaviour import Behaviour
+from ._behaviour import Behaviour, handshake_answer_bytes
 from ._endpoint import Endpoint
 from ._record import CloseFrame, Message
 from ._remote import PeerProcess
@@ -151,6 +151,12 @@ class PeerConnection:
         return self._call("observe", "ended_by")  # type: ignore[no-any-return]
 
     @property
+    def first_to_end_tcp(self) -> Optional[str]:
+        """Which side ended TCP first, as seen from here: ``"client"`` or ``"server"`` (by role,
+        this side included), ``"reset"`` (the other side, with RST), or None while neither has."""
+        return self._call("observe", "first_to_end_tcp")  # type: ignore[no-any-return]
+
+    @property
     def ended(self) -> bool:
         """Whether the connection is over: its socket is closed and its thread done."""
         return self._call("observe", "ended")  # type: ignore[no-any-return]
@@ -172,7 +178,7 @@ class PeerConnection:
 
     @property
     def response_status(self) -> Optional[int]:
-        """The status that answered the upgrade: 101, or the refusal's."""
+        """The status that answered the upgrade: 101, or the refusal's; None for a ``handshake_answer``."""
         return self._call("observe", "response_status")  # type: ignore[no-any-return]
 
     @property
@@ -229,6 +235,8 @@ class ScriptedPeer:
         trickle_handshake: Optional[float] = None,
         strict_host: bool = False,
         subprotocols: Iterable[str] = (),
+        handshake_answer: Union[str, bytes, None] = None,
+        linger_after_close: Optional[float] = None,
         timeout: float = 10.0,
     ) -> None:
         behaviour = Behaviour(
@@ -243,6 +251,8 @@ class ScriptedPeer:
             trickle_handshake=trickle_handshake,
             strict_host=strict_host,
             subprotocols=tuple(subprotocols),
+            handshake_answer=handshake_answer_bytes(handshake_answer),
+            linger_after_close=linger_after_close,
             timeout=timeout,
         )
         self.host = host

@@ -23,6 +23,7 @@ FIELDS: Dict[str, Any] = {
     "pongs": [],
     "protocol_errors": [],
     "ended_by": None,
+    "first_to_end_tcp": None,
     "ended": False,
     "unread_at_close": None,
     "request_target": None,

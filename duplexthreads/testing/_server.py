@@ -25,7 +25,8 @@ THREAD_PREFIX = "scripted-peer"
 
 
 class ServerEndpoint(Endpoint):
-    """A server-role connection: its reading thread first answers the client's upgrade request.
+    """A server-role connection: its reading thread first answers the client's upgrade request
+    (or sends the test's ``handshake_answer`` instead).
 
     The answer is decided (and recorded) before it is written, with the write lock held, so a
     control called meanwhile waits until the response, trickled or not, is on the wire.
@@ -54,6 +55,9 @@ class ServerEndpoint(Endpoint):
         self._sock.settimeout(None)
         start_line = head.start_line.split(" ")
         self.record.set(request_target=start_line[1] if len(start_line) == 3 else None, request_headers=head.headers)
+        if behaviour.handshake_answer is not None:
+            self._send_handshake_answer(behaviour.handshake_answer, head, problem)
+            return False
         answer = hs.answer_request(
             head,
             problem,
@@ -78,9 +82,23 @@ class ServerEndpoint(Endpoint):
                 if not self._send_opening(response, self._greeting_bytes(self._ws)):
                     return False
         if answer.status != 101:  # the server ends TCP after a refusal; the client's answer is awaited
-            self._shutdown_quietly(socket.SHUT_WR)
+            self._shut_wr()
             self._drain(time.monotonic() + behaviour.timeout)
         return answer.status == 101
+
+    def _send_handshake_answer(self, answer: bytes, head: hs.Head, problem: Optional[str]) -> None:
+        """Send the test's own answer, whatever the request, then end TCP as after a refusal.
+
+        ``{accept}`` becomes the accept value for the request's key, even if something else is
+        wrong with the request (``problem`` says what, for the record); without one key, nothing.
+        """
+        keys = head.values("Sec-WebSocket-Key")
+        accept = hs.accept_key(keys[0]) if len(keys) == 1 and keys[0].isascii() else ""
+        with self._write_lock:  # controls wait here until the answer is on the wire
+            self.record.set(handshake_error=problem, handshake_done=True)
+            self._send_quietly(answer.replace(b"{accept}", accept.encode("ascii")))
+        self._shut_wr()
+        self._drain(time.monotonic() + self._behaviour.timeout)
 
     def _greeting_bytes(self, ws: Connection) -> bytes:
         frames = [ws.send(message_event(message)) for message in self._behaviour.greeting]

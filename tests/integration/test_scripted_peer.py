@@ -7,6 +7,7 @@ against both modes, the child process (``isolated``) and the threads of this pro
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import select
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple, Type
 
 import pytest
 import websocket
@@ -39,7 +40,7 @@ from duplexthreads.testing._handshake import host_header
 from duplexthreads.testing._wire import violation_bytes
 
 from ..timing import UNIT
-from .plain_websocket import Frame, Wire, WireServer, open_wire
+from .plain_websocket import Frame, Wire, WireServer, accept_value, open_wire, request_bytes, upgrade_headers
 from .websockets_server import running_server
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
@@ -207,8 +208,8 @@ def test_observations_outlive_the_peer(isolated: bool) -> None:
         remote.send("too late")
 
 
-def test_bad_options_fail_at_once() -> None:
-    for options, error in [
+def test_bad_options_fail_at_once(isolated: bool) -> None:
+    cases: List[Tuple[Dict[str, Any], Type[Exception]]] = [
         ({"drop_every": 0}, ValueError),
         ({"reject": 101}, ValueError),
         ({"trickle_handshake": 0}, ValueError),
@@ -216,9 +217,24 @@ def test_bad_options_fail_at_once() -> None:
         ({"greeting": [3]}, TypeError),
         ({"close_after_greeting": (1006, "")}, ValueError),
         ({"close_after_greeting": (None, "a reason needs a code")}, ValueError),
-    ]:
-        with pytest.raises(error):
-            ScriptedPeer(**options)  # type: ignore[arg-type]
+        ({"handshake_answer": 101}, TypeError),
+        ({"handshake_answer": ["HTTP/1.1 101"]}, TypeError),
+        ({"handshake_answer": "HTTP/1.1 101 \u20ac"}, ValueError),  # past U+00FF: not one byte
+        ({"handshake_answer": "", "reject": 404}, ValueError),  # options it would silently override
+        ({"handshake_answer": "", "echo": True}, ValueError),
+        ({"handshake_answer": "", "linger_after_close": 1}, ValueError),
+        ({"linger_after_close": -0.1}, ValueError),
+        ({"linger_after_close": float("nan")}, ValueError),
+        ({"linger_after_close": float("inf")}, ValueError),
+        ({"linger_after_close": "1"}, TypeError),
+        ({"linger_after_close": True}, TypeError),
+        ({"linger_after_close": 1, "silent": True}, ValueError),  # silent never completes a close
+    ]
+    for options, error in cases:
+        with pytest.raises(error) as raised:
+            ScriptedPeer(isolated=isolated, **options)
+        named = {"handshake_answer", "linger_after_close"} & set(options)
+        assert all(name in str(raised.value) for name in named), raised.value
     with pytest.raises(ValueError, match="ws://"):
         ScriptedClient("http://127.0.0.1:1/", isolated=False).open()
 
@@ -461,6 +477,147 @@ def test_subprotocol_is_the_first_offer_the_peer_accepts(isolated: bool) -> None
         finish(wire, remote)
 
 
+# -- handshake_answer ------------------------------------------------------------------------------
+
+
+def raw_upgrade(peer: ScriptedPeer, request: bytes) -> Wire:
+    """A plain socket that has sent ``request`` to ``peer``; the test reads the answer."""
+    sock = socket.create_connection(("127.0.0.1", peer.port), timeout=5 * UNIT)
+    sock.sendall(request)
+    return Wire(sock)
+
+
+def test_handshake_answer_is_sent_as_given_then_tcp_ends(isolated: bool) -> None:
+    answer = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nX-Why: caf\xe9\r\n\r\n"  # no Connection header; é as one byte
+    )
+    with ScriptedPeer(timeout=TIMEOUT, isolated=isolated, handshake_answer=answer) as peer:
+        key = base64.b64encode(os.urandom(16)).decode()
+        wire = raw_upgrade(peer, request_bytes("/canned?x=1", upgrade_headers(f"127.0.0.1:{peer.port}", key)))
+        try:
+            expected = answer.replace("{accept}", accept_value(key)).encode("latin-1")
+            assert wire.take(len(expected)) == expected
+            with pytest.raises(EOFError):  # nothing more: the server's FIN
+                wire.take(1)
+        finally:
+            wire.close()
+        remote = peer.next_connection(5 * UNIT)
+        assert remote.request_target == "/canned?x=1" and ("Sec-WebSocket-Key", key) in remote.request_headers
+        assert (remote.handshake_error, remote.response_status, remote.subprotocol) == (None, None, None)
+        assert remote.wait_ended()
+        assert (remote.first_to_end_tcp, remote.ended_by) == ("server", "eof")
+        with pytest.raises(RuntimeError, match="handshake_answer"):
+            remote.send("there is no WebSocket connection")
+
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key; its accept value is in the RFC too
+NO_UPGRADE = b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n"
+VERSION_8 = request_bytes("/v8", upgrade_headers("x", KEY)).replace(b"Version: 13", b"Version: 8")
+
+
+@pytest.mark.parametrize(
+    ("request_head", "answer", "sent", "problem"),
+    [
+        (NO_UPGRADE, b"", b"", "Upgrade"),
+        (NO_UPGRADE, b"\x00\xff garbage {accept}.", b"\x00\xff garbage .", "Upgrade"),
+        (VERSION_8, b"{accept}", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Version"),
+    ],
+    ids=["nothing", "no-key", "wrong-version"],
+)
+def test_handshake_answer_whatever_the_request(
+    isolated: bool, request_head: bytes, answer: bytes, sent: bytes, problem: str
+) -> None:
+    """Bytes go out as they are, even to a request that is no proper upgrade: ``{accept}``
+    answers its key if it has one, and the record says what was wrong with it."""
+    with ScriptedPeer(timeout=TIMEOUT, isolated=isolated, handshake_answer=answer) as peer:
+        wire = raw_upgrade(peer, request_head)
+        try:
+            assert wire.take(len(sent)) == sent
+            with pytest.raises(EOFError):
+                wire.take(1)
+        finally:
+            wire.close()
+        remote = peer.next_connection(5 * UNIT)
+        assert remote.request_target == request_head.split(b" ")[1].decode()
+        assert problem in (remote.handshake_error or "")
+        assert remote.wait_ended() and remote.first_to_end_tcp == "server"
+
+
+# -- linger_after_close ----------------------------------------------------------------------------
+
+LINGER = 0.3 * UNIT
+
+
+@pytest.mark.parametrize("initiator", ["client", "server"])
+def test_linger_after_close_leaves_tcp_to_the_client_then_ends_it(isolated: bool, initiator: str) -> None:
+    with ScriptedPeer(timeout=TIMEOUT, isolated=isolated, linger_after_close=LINGER) as peer:
+        wire, remote = accepted(peer, "/linger")
+        if initiator == "server":
+            remote.close(1001)
+            assert wire.read_frame().payload == b"\x03\xe9"
+        started = time.monotonic()  # before the frame that ends the close handshake starts the linger
+        wire.send_frame(CLOSE, b"\x03\xe9" if initiator == "server" else b"\x03\xe8")
+        if initiator == "client":
+            assert wire.read_frame().payload == b"\x03\xe8"
+        assert wire.end_of_stream(LINGER + 5 * UNIT) == "eof"
+        assert time.monotonic() - started >= LINGER  # the server's FIN, once the linger was up
+        assert remote.first_to_end_tcp == "server"
+        finish(wire, remote)
+
+
+@pytest.mark.parametrize("client_end", ["eof", "reset"])
+def test_linger_after_close_records_a_client_that_ends_tcp_first(isolated: bool, client_end: str) -> None:
+    with ScriptedPeer(timeout=TIMEOUT, isolated=isolated, linger_after_close=TIMEOUT) as peer:
+        wire, remote = accepted(peer, "/impatient")
+        wire.send_frame(CLOSE, b"\x03\xe8")
+        assert wire.read_frame().opcode == CLOSE
+        if client_end == "reset":
+            wire.reset()
+        else:
+            wire.sock.shutdown(socket.SHUT_WR)
+        try:
+            assert remote.wait_ended(5 * UNIT)  # within half the linger: the client's end cut it short
+            assert remote.first_to_end_tcp == ("client" if client_end == "eof" else "reset")
+            assert remote.ended_by == client_end
+            if client_end == "eof":
+                assert wire.end_of_stream() == "eof"  # and then the server ended its side
+        finally:
+            wire.close()
+
+
+def test_a_late_close_answer_ends_tcp_at_once_even_with_linger(isolated: bool) -> None:
+    """As documented: the reading thread, draining a silent connection, could not end TCP later."""
+    with ScriptedPeer(timeout=TIMEOUT, isolated=isolated, linger_after_close=TIMEOUT) as peer:
+        wire, remote = accepted(peer, "/late")
+        remote.go_silent()
+        wire.send_frame(CLOSE, b"\x03\xe8")
+        assert remote.wait_close_frame() == (1000, "")
+        remote.close(1000)
+        assert wire.read_frame().payload == b"\x03\xe8"
+        assert wire.end_of_stream(5 * UNIT) == "eof"  # within half the linger
+        assert remote.first_to_end_tcp == "server"
+        finish(wire, remote)
+
+
+def test_close_interrupts_a_linger(isolated: bool) -> None:
+    peer = ScriptedPeer(timeout=TIMEOUT, isolated=isolated, linger_after_close=60.0)
+    try:
+        wire, remote = accepted(peer, "/lingering")
+        try:
+            wire.send_frame(CLOSE, b"\x03\xe8")
+            assert wire.read_frame().opcode == CLOSE
+            started = time.monotonic()
+            peer.close()
+            assert time.monotonic() - started < 2 * UNIT
+            assert wire.end_of_stream() == "eof"
+        finally:
+            wire.close()
+        assert (remote.first_to_end_tcp, remote.ended_by) == ("server", "peer")
+    finally:
+        peer.close()
+
+
 # -- controls --------------------------------------------------------------------------------------
 
 
@@ -542,6 +699,7 @@ def test_after_a_close_handshake_the_server_ends_tcp_first(shared_peer: Scripted
     frame = wire.read_frame()
     assert (frame.opcode, frame.payload) == (CLOSE, b"\x03\xe8")
     assert wire.end_of_stream() == "eof"  # the server's FIN came first
+    assert remote.first_to_end_tcp == "server"
     assert not remote.ended  # it waits for the client's end of TCP
     if client_end == "reset":
         wire.reset()
@@ -561,6 +719,7 @@ def test_ended_by_tells_how_the_client_ended_tcp(shared_peer: ScriptedPeer, clie
         wire.sock.shutdown(socket.SHUT_WR)
     assert remote.wait_ended()
     assert remote.ended_by == client_end and remote.close_frames == []
+    assert remote.first_to_end_tcp == ("client" if client_end == "eof" else "reset")
     wire.close()
 
 
@@ -571,7 +730,7 @@ def test_reset_sends_rst(shared_peer: ScriptedPeer) -> None:
         assert wire.end_of_stream() == "reset"
     finally:
         wire.close()
-    assert remote.ended and remote.ended_by == "peer"
+    assert remote.ended and remote.ended_by == "peer" and remote.first_to_end_tcp == "server"
     with pytest.raises(ConnectionError):
         remote.reset()
 
@@ -750,7 +909,7 @@ def test_scripted_client_sends_masked_frames_and_violations(isolated: bool) -> N
             assert (frame.opcode, frame.masked, frame.payload) == (CLOSE, True, b"\x03\xe8")
             wire.close()  # the server ends TCP first; the client follows
             assert conn.wait_ended()
-            assert conn.ended_by == "eof"
+            assert conn.ended_by == "eof" and conn.first_to_end_tcp == "server"
     finally:
         server.close()
 
