@@ -4,8 +4,8 @@ subprotocols negotiated as RFC 6455 says.
 
 "Before any I/O" is proved with a tripwire: socket creation and name resolution raise while the
 call runs, so a check that came after the socket opened would fail the test with that error
-instead of the expected one. The peers run in child processes (the scripted peer, or
-child_peers.RawServer), so the leak check sees only what connect() left behind.
+instead of the expected one. The peers are scripted peers in child processes, so the leak check
+sees only what connect() left behind.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from duplexthreads import ConnectError, HandshakeRejected
 from duplexthreads.testing import ScriptedPeer
 
 from ..timing import UNIT
-from .child_peers import RawServer
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
@@ -263,6 +262,35 @@ def test_a_server_may_choose_no_subprotocol(backend: str) -> None:
 
 # -- what the server answers: only documented exceptions come out (item 5) -----------------------------
 
+# What the server answers instead of a proper 101, by name; {accept} is the right accept value.
+CANNED_ANSWERS = {
+    "garbage": "SSH-2.0-OpenSSH_9.6\r\n",
+    "bad-accept": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ),
+    "no-upgrade-header": (
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ),
+    "subprotocol-not-offered": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: never.offered\r\n\r\n"
+    ),
+    "subprotocol-in-other-case": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: CHAT\r\n\r\n"
+    ),
+    "extension-not-offered": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    ),
+    "redirect": "HTTP/1.1 301 Moved Permanently\r\nLocation: ws://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n",
+    # A str is sent as latin-1: the header holds the byte 0xE9, not UTF-8.
+    "non-utf8-header": "HTTP/1.1 403 Forbidden\r\nX-Why: caf\xe9\r\nContent-Length: 0\r\n\r\n",
+    "nothing": "",
+    "cut-short": "HTTP/1.1 101 Switching",
+}
+
 # (the canned answer, the options, the exception expected, its status if HandshakeRejected)
 ANSWERS: List[Tuple[str, Dict[str, Any], Type[Exception], Optional[int]]] = [
     ("garbage", {}, HandshakeRejected, 0),
@@ -280,27 +308,31 @@ ANSWERS: List[Tuple[str, Dict[str, Any], Type[Exception], Optional[int]]] = [
 
 
 @pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    with RawServer() as server:
-        yield server
+def answering_peer(answer: str) -> Iterator[ScriptedPeer]:
+    """A server that sends the canned answer named ``answer``; both backends' tests share it."""
+    with ScriptedPeer(handshake_answer=CANNED_ANSWERS[answer], timeout=10 * UNIT) as peer:
+        yield peer
 
 
-@pytest.mark.parametrize(("answer", "options", "error", "status"), ANSWERS)
+# scope="module": the tests of one answer are grouped, so that each answer starts one peer.
+@pytest.mark.parametrize(("answer", "options", "error", "status"), ANSWERS, scope="module")
 def test_a_broken_answer_is_a_documented_exception(
-    raw_server: RawServer, backend: str, answer: str, options: Dict[str, Any], error: type, status: Any
+    answering_peer: ScriptedPeer, backend: str, answer: str, options: Dict[str, Any], error: type, status: Any
 ) -> None:
+    url = f"{answering_peer.url}answer/{answer}"
     with pytest.raises(ConnectError) as raised:
-        duplexthreads.connect(raw_server.url(f"/answer/{answer}"), backend=backend, open_timeout=10 * UNIT, **options)
+        duplexthreads.connect(url, backend=backend, open_timeout=10 * UNIT, **options)
     assert type(raised.value) is error, repr(raised.value)
     if status is not None:
         assert isinstance(raised.value, HandshakeRejected) and raised.value.status == status
     if answer == "redirect":
         assert "redirect" in str(raised.value)
-    report = raw_server.report()
-    assert report["request"].startswith(f"GET /answer/{answer} HTTP/1.1\r\n")
+    # The request was a proper upgrade request (a GET over HTTP/1.1) for the URL's path.
+    remote = answering_peer.next_connection()
+    assert (remote.request_target, remote.handshake_error) == (f"/answer/{answer}", None)
     if answer == "redirect":  # not followed: no second request comes
         with pytest.raises(TimeoutError):
-            raw_server.report(timeout=0.3 * UNIT)
+            answering_peer.next_connection(timeout=0.3 * UNIT)
 
 
 def test_an_unresolvable_host_is_a_connect_error(backend: str) -> None:

@@ -1,8 +1,9 @@
 """Peers that misbehave on purpose, each in a child process (the scripted peer of
-duplexthreads.testing, or child_peers): a trickled handshake, a server that speaks and closes
-with its 101, every protocol violation RFC 6455 names, a message in a quarter of a million
-fragments, and close handshakes that must end TCP cleanly. The client backends are checked
-against ScriptedPeer; the server side, accept() in Werkzeug, against ScriptedClient.
+duplexthreads.testing): a trickled handshake, a server that speaks and closes with its 101,
+every protocol violation RFC 6455 names, a message in a quarter of a million fragments, close
+handshakes that must end TCP cleanly, and a server slow to end TCP after one. The client
+backends are checked against ScriptedPeer; the server side, accept() in Werkzeug, against
+ScriptedClient and requests written by hand.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from duplexthreads.transports.simple_websocket import SimpleWebSocketTransport
 from duplexthreads.transports.websocket_client import WebSocketClientTransport
 
 from ..timing import UNIT
-from .child_peers import RawServer, raw_request
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
@@ -242,28 +242,28 @@ def test_close_handshakes_never_reset(backend: str) -> None:
             assert remote.ended_by in ("eof", "peer") and remote.unread_at_close == 0
 
 
-@pytest.fixture(scope="module")
-def raw_server() -> Iterator[RawServer]:
-    with RawServer() as server:
-        yield server
-
-
-def test_the_client_lets_the_server_end_tcp_first(raw_server: RawServer, backend: str) -> None:
+def test_the_client_lets_the_server_end_tcp_first(backend: str) -> None:
     """RFC 6455 7.1.1: after the close handshake the client waits for the server's FIN (within
     the close timeout); this server waits 0.3 s before sending it."""
-    conn = duplexthreads.connect(raw_server.url(f"/linger/{0.3 * UNIT}"), backend=backend)
-    report = conn.close()
-    assert report is not None and report.ok
-    assert raw_server.report()["first"] == "server"
+    with ScriptedPeer(linger_after_close=0.3 * UNIT, timeout=10 * UNIT) as peer:
+        conn = duplexthreads.connect(peer.url, backend=backend)
+        remote = peer.next_connection()
+        report = conn.close()
+        assert report is not None and report.ok
+        assert remote.wait_ended()
+        assert remote.first_to_end_tcp == "server"
 
 
-def test_a_server_that_never_ends_tcp_costs_only_the_close_timeout(raw_server: RawServer, backend: str) -> None:
-    conn = duplexthreads.connect(raw_server.url(f"/linger/{5 * UNIT}"), backend=backend, close_timeout=0.3 * UNIT)
-    started = time.monotonic()
-    report = conn.close()
-    assert time.monotonic() - started < 0.3 * UNIT + 1 * UNIT
-    assert report is not None and report.ok
-    assert raw_server.report(timeout=10 * UNIT)["first"] == "client"  # by FIN: "reset" would say RST
+def test_a_server_that_never_ends_tcp_costs_only_the_close_timeout(backend: str) -> None:
+    with ScriptedPeer(linger_after_close=5 * UNIT, timeout=10 * UNIT) as peer:
+        conn = duplexthreads.connect(peer.url, backend=backend, close_timeout=0.3 * UNIT)
+        remote = peer.next_connection()
+        started = time.monotonic()
+        report = conn.close()
+        assert time.monotonic() - started < 0.3 * UNIT + 1 * UNIT
+        assert report is not None and report.ok
+        assert remote.wait_ended()
+        assert remote.first_to_end_tcp == "client"  # by FIN: "reset" would say RST
 
 
 # -- the contract's bounded close frame -------------------------------------------------------------
@@ -441,6 +441,25 @@ BAD_REQUESTS = [
         400,
     ),
 ]
+
+
+def raw_request(port: int, text: str) -> str:
+    """Send ``text`` as it is (latin-1) to 127.0.0.1:``port``; return the head of the answer.
+
+    A plain socket of this process, closed before the test ends: no peer is needed to send one
+    request that no WebSocket client would send.
+    """
+    deadline = time.monotonic() + 10 * UNIT
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10 * UNIT) as sock:
+        sock.sendall(text.encode("latin-1"))
+        while b"\r\n\r\n" not in answer:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))  # socket.timeout at the deadline
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode("latin-1")
 
 
 @pytest.mark.parametrize(("request_text", "status"), BAD_REQUESTS)
