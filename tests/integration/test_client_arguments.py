@@ -28,11 +28,6 @@ BACKENDS = list(duplexthreads.BACKENDS)
 URL = "ws://127.0.0.1:9/"  # never reached: the tripwire goes off first
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 class Tripwire(AssertionError):
     """I/O was attempted before the arguments were checked."""
 

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.timeout(60 * UNIT)
 BIG = 200_000
 
 
-@pytest.fixture(params=list(duplexthreads.BACKENDS))
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[ScriptedPeer]:
     with ScriptedPeer(timeout=20 * UNIT) as peer:

@@ -39,13 +39,7 @@ from ..timing import UNIT
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
-BACKENDS = list(duplexthreads.BACKENDS)
 OP_TEXT, OP_BINARY, OP_CONTINUATION, OP_PING = 0x1, 0x2, 0x0, 0x9
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture(scope="module")
