@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
 
 import duplexthreads
 from duplexthreads import ConnectionClosed, Duplex, ExitReport, Reason
-from duplexthreads.exceptions import TransportError
 from duplexthreads.report import Message
-from duplexthreads.testing import PeerConnection, ScriptedPeer
-from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
+from duplexthreads.testing import MemoryPeer, PeerConnection, ScriptedPeer
+from duplexthreads.transports import MemoryTransport, memory_pair
 
 from ._clients import IO_TIMEOUT
 from ._servers import discard_pending, end_connection, park_reader
@@ -135,41 +133,6 @@ class Cycle:
 # -- (a) memory -------------------------------------------------------------------------------------
 
 
-class MemoryPeer:
-    """Reads the far end of a memory pair in a thread, recording messages, answering close frames."""
-
-    def __init__(self, end: MemoryTransport) -> None:
-        self.end = end
-        self.received: List[Message] = []
-        # True once this side sent its own close frame: the next one is the answer, not a request.
-        self.closing = False
-        self.thread = threading.Thread(target=self._read, name="bench-memory-peer", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                item = self.end.recv()
-            except TransportError:
-                return
-            if isinstance(item, CloseFrame):
-                if not self.closing:
-                    try:
-                        self.end.send_close(item.code, item.reason)
-                    except TransportError:
-                        pass
-                return
-            self.received.append(item)
-
-    def close(self) -> None:
-        self.closing = True
-        self.end.send_close(1000, "bye")
-
-    def stop(self) -> None:
-        self.end.shutdown()
-        self.thread.join(CYCLE_TIMEOUT)
-
-
 def memory_cycle(rng: random.Random, fault: str) -> Cycle:
     cycle = Cycle("memory", fault)
     ours, theirs = memory_pair()
@@ -182,7 +145,7 @@ def memory_cycle(rng: random.Random, fault: str) -> Cycle:
     callback = fault == "callback_error"
     close_timeout = SHORT_CLOSE_TIMEOUT if fault == "stop_reading_close" else CLOSE_TIMEOUT
     conn = Duplex(ours, on_message=on_message if callback else None, close_timeout=close_timeout)
-    peer = MemoryPeer(theirs)
+    peer = MemoryPeer(theirs, timeout=CYCLE_TIMEOUT)
     conn.start()
     try:
         cycle.send(conn, rng.randint(0, MAX_MESSAGES))
@@ -195,7 +158,10 @@ def memory_cycle(rng: random.Random, fault: str) -> Cycle:
         cycle.await_report(conn, request)
     finally:
         conn.abort()  # a no-op once ended; here for a cycle that raised
-        peer.stop()
+        try:
+            peer.stop()
+        except TimeoutError:
+            pass  # reported below as the peer's thread still running
     if callback and not isinstance(cycle.report and cycle.report.error, InjectedError):
         cycle.problems.append(f"callback error: report error {cycle.report and cycle.report.error!r}")
     if ours.close_calls != 1:
@@ -232,7 +198,7 @@ def inject_memory_fault(
         cycle.send(conn, rng.randint(1, 5))
         request = conn.close
     elif fault == "peer_close":
-        peer.close()
+        peer.close(1000, "bye")
     elif fault == "abort":
         request = conn.abort
     elif fault == "local_close":

@@ -18,10 +18,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import duplexthreads
 from duplexthreads import Duplex
-from duplexthreads.testing import PeerConnection, ScriptedClient, ScriptedPeer
+from duplexthreads.testing import MemoryPeer, PeerConnection, ScriptedClient, ScriptedPeer
 from duplexthreads.transports import memory_pair
 
-from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 KINDS = ["memory", "websocket-client", "simple-websocket", "simple-websocket-server"]

@@ -9,11 +9,10 @@ import pytest
 
 import duplexthreads
 from duplexthreads import Duplex, Reason
-from duplexthreads.testing import ScriptedPeer
+from duplexthreads.testing import MemoryPeer, ScriptedPeer
 from duplexthreads.transports import memory_pair
 
 from .harness import KINDS, Endpoints, open_endpoints
-from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(60 * UNIT)

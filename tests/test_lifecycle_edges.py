@@ -9,9 +9,9 @@ import pytest
 
 from duplexthreads import ConnectionClosedOK, Duplex, Reason
 from duplexthreads import _protocol as protocol_module
+from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import memory_pair
 
-from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
@@ -75,7 +75,7 @@ def test_run_makes_the_calling_thread_the_owner() -> None:
         assert report.reason is Reason.PEER_CLOSED and report.ok
         names: Any = [t.name for t in conn.threads()]
         assert not any(name.endswith("-owner") for name in names)
-        assert peer.messages == ["queued before run"] and report.written == 1
+        assert peer.received == ["queued before run"] and report.written == 1
     finally:
         closer.join(10 * UNIT)
         peer.stop()

@@ -12,9 +12,9 @@ import pytest
 
 from duplexthreads import ConnectionClosed, Duplex, Reason
 from duplexthreads import _protocol as protocol_module
+from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import CloseFrame, MemoryTransport, memory_pair
 
-from .memory_peer import MemoryPeer
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)

@@ -239,12 +239,24 @@ What a connection recorded can still be read after the peer is closed, in both m
 ``scripted-peer-*``: controls are then plain calls, which suits benchmarks that time a trigger.
 ``close()`` ends every connection without a close frame and waits, bounded, until the threads or
 the child are gone.
+
+The memory peer
+---------------
+:class:`MemoryPeer` is the far end of ``duplexthreads.transports.memory_pair()``, read by a
+thread of its own, for tests of code that takes a transport and needs no socket. It has the
+controls (``send``, ``close(code, reason)``, ``reset``, ``drop``, ``stop_reading``,
+``go_silent``) and the waits (``wait_messages``, ``wait_close_frame``, ``wait_ended``) of a
+:class:`PeerConnection`, and records ``received`` and ``close_frames``. It answers the first
+close frame unless it sent one itself or went silent, and reads on until the stream ends.
+``stop()`` ends the stream and joins its thread within ``timeout`` (10 s unless given), which
+also bounds the waits.
 """
 
 from __future__ import annotations
 
 from ._handshake import HandshakeRefused
 from ._leaks import LeakCheck, LeakError, open_fds, os_threads, rss_kib
+from ._memory_peer import MemoryPeer
 from ._peer import PeerConnection, ScriptedClient, ScriptedPeer
 from ._wire import VIOLATIONS, encode_frame
 
@@ -253,6 +265,7 @@ __all__ = [
     "HandshakeRefused",
     "LeakCheck",
     "LeakError",
+    "MemoryPeer",
     "PeerConnection",
     "ScriptedClient",
     "ScriptedPeer",

@@ -7,9 +7,9 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 from duplexthreads import Duplex
+from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import memory_pair
 
-from ..memory_peer import MemoryPeer
 from .support import MakePair
 
 

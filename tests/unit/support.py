@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Callable, Tuple
 
 from duplexthreads import Duplex
+from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import MemoryTransport
 
-from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 
 #: Bound for something that must happen; generous, it is only spent when a test fails.

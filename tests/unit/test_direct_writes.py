@@ -106,7 +106,7 @@ def test_ending_during_concurrent_direct_writes_keeps_accounting_exact(make_pair
     accepted = senders.join()
     assert report is not None
     peer.wait_ended()
-    got = list(peer.messages)
+    got = list(peer.received)
     assert_exact(report, got, accepted)
     if ending == "close":
         assert report.ok and report.unsent == ()

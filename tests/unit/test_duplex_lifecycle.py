@@ -12,9 +12,9 @@ from typing import Any, List, Optional
 import pytest
 
 from duplexthreads import ConnectionClosed, ConnectionClosedOK, Duplex, ExitReport, Message, Reason
+from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import memory_pair
 
-from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 from .support import SHORT, WAIT, MakePair, memory_transport
 
@@ -197,7 +197,7 @@ def test_close_or_abort_before_start_tears_down_the_transport(make_pair: MakePai
     assert conn.threads() == ()
     assert report.written == 0 and report.unsent == ("queued",)  # P4: given back, not lost
     peer.wait_ended()  # the peer sees the connection end...
-    assert peer.messages == []  # ...and never got the message that was handed back
+    assert peer.received == []  # ...and never got the message that was handed back
     assert getattr(conn, method)() is report  # a second call returns the same report
     assert transport.close_calls == 1
     with pytest.raises(RuntimeError):

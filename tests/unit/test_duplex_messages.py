@@ -8,8 +8,8 @@ from typing import Any, List
 import pytest
 
 from duplexthreads import ConnectionClosedOK, Duplex, Message, Reason, TransportError
+from duplexthreads.testing import MemoryPeer
 
-from ..memory_peer import MemoryPeer
 from ..timing import UNIT
 from .support import SHORT, WAIT, MakePair, memory_transport
 
@@ -90,7 +90,7 @@ def test_mid_batch_write_failure_accounts_for_every_message(make_pair: MakePair,
     assert report.written == after
     assert list(sent[: report.written]) + list(report.unsent) == sent
     peer.wait_ended()
-    assert peer.messages == sent[: report.written]
+    assert peer.received == sent[: report.written]
 
 
 @pytest.mark.parametrize("max_queue", [4, None])

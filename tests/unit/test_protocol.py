@@ -163,7 +163,7 @@ def test_any_exception_out_of_a_write_keeps_the_count_exact(
     report = conn.wait(WAIT)
     assert report.reason is Reason.WRITE_ERROR and isinstance(report.error, RuntimeError)
     assert (report.written, report.unsent) == (2, ("m2",))
-    assert peer.messages == sent[:2]
+    assert peer.received == sent[:2]
 
 
 def test_messages_queued_before_start_come_back_when_closed_before_start(make_pair: MakePair) -> None:

@@ -166,7 +166,7 @@ def test_wait_from_a_worker_raises_runtime_error(make_pair: MakePair) -> None:
 
 def test_worker_that_closes_then_returns_completes_the_handshake(make_pair: MakePair) -> None:
     conn, peer = make_pair()
-    peer.silent = True  # the peer answers below, after the worker has returned
+    peer.go_silent()  # the peer answers below, after the worker has returned
     returned: List[Any] = []
 
     def job(quit: threading.Event) -> None:
@@ -181,6 +181,6 @@ def test_worker_that_closes_then_returns_completes_the_handshake(make_pair: Make
     report = conn.wait(WAIT)
     assert returned == [None]  # from its own thread, close() does not wait
     assert frame == (1000, "done")
-    assert peer.messages == ["last words"]
+    assert peer.received == ["last words"]
     assert (report.reason, report.error, report.close_code) == (Reason.LOCAL_CLOSE, None, 1000)
     assert report.ok

@@ -1,0 +1,151 @@
+"""The far end of an in-memory connection, for tests that need no socket at all."""
+
+from __future__ import annotations
+
+import threading
+from typing import List, Optional, Tuple, Union
+
+from ..exceptions import TransportError
+from ..transports import CloseFrame, MemoryTransport
+
+Message = Union[str, bytes]
+
+#: The default bound, in seconds, on the waits and on stop().
+DEFAULT_TIMEOUT = 10.0
+
+
+class MemoryPeer:
+    """Reads one end of :func:`duplexthreads.transports.memory_pair` in a thread of its own.
+
+    It records what arrives and answers the first close frame, unless it sent one itself or was
+    told to go silent. Its controls and waits are those of :class:`PeerConnection`, so a test can
+    drive a memory connection and a socket one the same way.
+    """
+
+    def __init__(self, end: MemoryTransport, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not isinstance(end, MemoryTransport):
+            raise TypeError(f"end must be a MemoryTransport, not {type(end).__name__}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.end = end
+        self.timeout = float(timeout)
+        self._cond = threading.Condition()
+        self._messages: List[Message] = []
+        self._close_frames: List[Tuple[int, str]] = []
+        self._ended = False
+        self._silent = False
+        self._close_sent = False
+        self.thread = threading.Thread(target=self._read, name="memory-peer", daemon=True)
+        self.thread.start()
+
+    # -- what it saw --------------------------------------------------------------------------
+
+    @property
+    def received(self) -> List[Message]:
+        """The messages received so far, in order."""
+        with self._cond:
+            return list(self._messages)
+
+    @property
+    def close_frames(self) -> List[Tuple[int, str]]:
+        """The close frames received so far, as (code, reason); an empty payload reads as 1005."""
+        with self._cond:
+            return list(self._close_frames)
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended and the peer has stopped reading."""
+        with self._cond:
+            return self._ended
+
+    def wait_messages(self, count: int, timeout: Optional[float] = None) -> List[Message]:
+        """Wait until ``count`` messages have arrived and return all of them."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._messages) >= count or self._ended, self._bound(timeout)):
+                raise TimeoutError(f"the memory peer got {len(self._messages)} of {count} messages")
+            if len(self._messages) < count:
+                raise ConnectionError(f"the stream ended after {len(self._messages)} of {count} messages")
+            return list(self._messages)
+
+    def wait_close_frame(self, timeout: Optional[float] = None) -> Tuple[int, str]:
+        """Wait for the first close frame and return its (code, reason)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._close_frames) or self._ended, self._bound(timeout)):
+                raise TimeoutError("the memory peer got no close frame")
+            if not self._close_frames:
+                raise ConnectionError("the stream ended without a close frame")
+            return self._close_frames[0]
+
+    def wait_ended(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the stream has ended; return True."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ended, self._bound(timeout)):
+                raise TimeoutError("the memory peer's stream did not end")
+            return True
+
+    # -- controls ------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Send one message: str as text, bytes as binary."""
+        self.end.send_batch([message])
+
+    def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
+        """Send a close frame; ``None`` stands for an empty payload, which the receiver reads as 1005."""
+        with self._cond:
+            self._close_sent = True
+        self.end.send_close(1005 if code is None else code, reason)
+
+    def reset(self) -> None:
+        """End the stream abruptly, like a TCP reset."""
+        self.end.reset()
+
+    def drop(self) -> None:
+        """End the stream without a close frame, like TCP's FIN."""
+        self.end.fin()
+
+    def stop_reading(self) -> None:
+        """Take nothing more from the stream: the other side's writes block once it is full."""
+        self.end.stop_reading()
+
+    def go_silent(self) -> None:
+        """Never answer a close frame from now on; keep reading."""
+        with self._cond:
+            self._silent = True
+
+    def stop(self) -> None:
+        """End the stream and wait, bounded by the peer's timeout, for the reading thread to end."""
+        self.end.shutdown()
+        self.thread.join(self.timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the memory peer's thread did not end within {self.timeout} s")
+
+    # -- the reading thread --------------------------------------------------------------------
+
+    def _bound(self, timeout: Optional[float]) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self.end.recv()
+                except TransportError:
+                    return
+                with self._cond:
+                    if isinstance(item, CloseFrame):
+                        answer = not (self._close_frames or self._close_sent or self._silent)
+                        self._close_frames.append((item.code, item.reason))
+                    else:
+                        answer = False
+                        self._messages.append(item)
+                    self._cond.notify_all()
+                if answer:
+                    try:
+                        self.end.send_close(item.code, item.reason)  # type: ignore[union-attr]
+                    except TransportError:
+                        pass
+                # After a close frame read on to the end, so that anything sent after it is seen.
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
