@@ -460,8 +460,10 @@ class ExitProtocol:
                     # The writer sends our close frame once everything accepted before is out.
                     self.outbound.seal(then_close=(item.code, item.reason))
                 # The reader must keep reading to see the peer's answer, even if the
-                # application stopped taking messages and the inbound queue is full.
-                self.inbound.lift_bound()
+                # application stopped taking messages and the inbound queue is full; what
+                # does not fit is dropped and counted, so a peer that floods instead of
+                # answering cannot grow our memory past max_queue.
+                self.inbound.discard_when_full()
             elif item.deadline is not None and (closing.deadline is None or item.deadline < closing.deadline):
                 # A later close() with less time shortens this one; the first one's frame stands.
                 self._closing = replace(closing, timeout=item.timeout, deadline=item.deadline)
@@ -622,6 +624,7 @@ class ExitProtocol:
             lingering=lingering,
             close_sent=self._sent,
             close_received=self._received,
+            discarded=self.inbound.discarded,
         )
 
     def _abandon(self, error: BaseException) -> ExitReport:

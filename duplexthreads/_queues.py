@@ -76,6 +76,10 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         self._direct_allowed = False
         # Messages written completely by direct writes.
         self.direct_written = 0
+        # From discard_when_full(): put() drops what finds the queue full instead of waiting.
+        self._discarding = False
+        # How many items put() dropped that way.
+        self.discarded = 0
 
     @property
     def sealed(self) -> bool:
@@ -176,23 +180,32 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
             self._direct_allowed = False
             self.not_empty.notify_all()
 
-    def lift_bound(self) -> None:
-        """Make the queue unbounded from now on, waking producers blocked on it being full."""
+    def discard_when_full(self) -> None:
+        """From now on, put() drops (and counts) an item that finds the queue full, never waits.
+
+        Producers already waiting for room are woken to drop theirs.
+        """
         with self.mutex:
-            self.maxsize = 0
+            self._discarding = True
             self.not_full.notify_all()
 
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
-        """Append ``item``; raise :class:`Sealed` once sealed, ``queue.Full`` on timeout."""
+        """Append ``item``; raise :class:`Sealed` once sealed, ``queue.Full`` on timeout.
+
+        After :meth:`discard_when_full`, an item that finds the queue full is counted in
+        ``discarded`` and dropped.
+        """
         with self.not_full:
-            # maxsize is re-read on each check: lift_bound() may set it to 0 while we wait.
-            if not self._has_room():
+            if not self._has_room_or_discarding():
                 if not block:
                     raise queue.Full
-                if not self.not_full.wait_for(self._has_room, timeout):
+                if not self.not_full.wait_for(self._has_room_or_discarding, timeout):
                     raise queue.Full
             if self._sealed:
                 raise Sealed
+            if not self._has_room():
+                self.discarded += 1
+                return
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify_all()
@@ -250,6 +263,10 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
     def _has_room(self) -> bool:
         assert self.mutex.locked()
         return self._sealed or not 0 < self.maxsize <= self._qsize()
+
+    def _has_room_or_discarding(self) -> bool:
+        assert self.mutex.locked()
+        return self._discarding or self._has_room()
 
     def _item_or_seal(self) -> bool:
         assert self.mutex.locked()

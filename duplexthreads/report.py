@@ -84,6 +84,10 @@ class ExitReport:
     close_sent: Optional[Close] = None
     #: The close frame the peer sent, as (code, reason), or None if none arrived.
     close_received: Optional[Close] = None
+    #: Messages that arrived during our close handshake and were dropped because the inbound
+    #: queue was full (``max_queue``). The reader keeps reading to find the peer's answer; it
+    #: keeps what fits and counts the rest here, so a flood cannot grow memory without bound.
+    discarded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -107,4 +111,6 @@ class ExitReport:
             text += f", error: {self.error!r}"
         if self.unsent:
             text += f", {len(self.unsent)} unsent"
+        if self.discarded:
+            text += f", {self.discarded} received during the close and discarded"
         return text

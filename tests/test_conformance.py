@@ -310,6 +310,24 @@ def test_close_while_writer_blocked_on_a_peer_that_stopped_reading(opened: Opene
     assert list(sent[: report.written]) + list(report.unsent) == sent
 
 
+def test_a_close_keeps_reading_but_keeps_no_more_than_max_queue(opened: Opened, kind: str) -> None:
+    # Nobody calls recv(): the reader fills the inbound queue and waits. Our close must still
+    # see the peer's answer behind ten messages, without holding more than max_queue of them.
+    pair = open_pair(opened, kind, max_queue=4)
+    sent = [f"m{index}" for index in range(10)]
+    for message in sent:
+        pair.peer.send(message)
+    report = pair.conn.close()
+    assert report is not None and report.ok, report.describe()
+    assert report.discarded == 6
+    assert "6 received during the close and discarded" in report.describe()
+    kept = [pair.conn.recv(timeout=0) for _ in range(4)]
+    assert kept == sent[:4]
+    with pytest.raises(ConnectionClosedOK):
+        pair.conn.recv(timeout=0)
+    assert_torn_down(pair.conn)
+
+
 def test_close_against_a_silent_peer_is_bounded(opened: Opened, kind: str) -> None:
     pair = open_pair(opened, kind, close_timeout=0.3 * UNIT)
     pair.peer.go_silent()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from duplexthreads import ConnectionClosedOK, Duplex, Reason
+from duplexthreads import Duplex, Reason
 from duplexthreads import _protocol as protocol_module
 from duplexthreads.testing import MemoryPeer
 from duplexthreads.transports import memory_pair
@@ -15,28 +15,6 @@ from duplexthreads.transports import memory_pair
 from .timing import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
-
-
-def test_close_completes_while_the_application_stopped_reading() -> None:
-    """A full inbound queue must not keep the reader from seeing the peer's close answer."""
-    ours, theirs = memory_pair()
-    conn = Duplex(ours, max_queue=2, close_timeout=10 * UNIT).start()
-    peer = MemoryPeer(theirs)
-    try:
-        sent = [f"unread {i}" for i in range(10)]
-        for message in sent:
-            peer.send(message)
-        report = conn.close()
-        assert report is not None
-        assert report.reason is Reason.LOCAL_CLOSE
-        assert report.error is None and report.ok
-        # Nothing received is lost: the messages are still there to read after the close.
-        assert [conn.recv(timeout=1 * UNIT) for _ in sent] == sent
-        with pytest.raises(ConnectionClosedOK):
-            conn.recv(timeout=1 * UNIT)
-    finally:
-        conn.abort()
-        peer.stop()
 
 
 def test_a_thread_that_cannot_start_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,13 +218,15 @@ def test_drain_makes_room_for_a_blocked_put(calls: List[BlockingCall]) -> None:
     assert q.drain() == ["b"]
 
 
-def test_lift_bound_releases_a_blocked_put_and_removes_the_bound(calls: List[BlockingCall]) -> None:
+def test_discard_when_full_releases_a_blocked_put_and_counts_what_does_not_fit(calls: List[BlockingCall]) -> None:
     q: SealableQueue[str] = SealableQueue(1)
     q.put("a")
     put = start_call(calls, lambda: q.put("b", timeout=WAIT))
     put.assert_blocked()
-    q.lift_bound()
+    q.discard_when_full()
     put.join()
-    assert put.error is None
-    q.put("c", block=False)  # no bound any more
-    assert q.drain() == ["a", "b", "c"]
+    assert put.error is None and q.discarded == 1
+    q.put("c", block=False)  # dropped at once, never queue.Full
+    assert q.drain() == ["a"] and q.discarded == 2
+    q.put("d")  # room again: kept
+    assert q.drain() == ["d"] and q.discarded == 2
