@@ -10,7 +10,9 @@ that lifetime visible and safe at its two edges:
   interpreter kills the daemon threads. An ``atexit`` hook closes every open connection
   gracefully instead (flush, then close code 1001 "going away"), all at once, each within its
   own ``close_timeout``, as ``concurrent.futures`` joins its workers at exit. A connection made
-  with ``close_at_exit=False`` is left alone.
+  with ``close_at_exit=False`` is left alone. The hook is an ordinary ``atexit`` one, so it runs
+  after the interpreter has joined the application's non-daemon threads: those may still be
+  using their connections, and closing them earlier would cut a conversation off mid-way.
 - **fork().** A child process inherits the parent's descriptors but none of its threads. In
   the child every inherited connection is marked: using it raises ``UsageError``, and closing
   it only releases the child's descriptor, so the parent's connection goes on untouched.

@@ -29,6 +29,11 @@ def close_all(
     are waited for. When this returns, every thread of every connection has exited.
     Call it from a thread of your own, not from an ``on_message`` callback (``UsageError``).
     """
+    if isinstance(connections, Duplex):
+        # A Duplex is iterable (over its messages): list() would read them, and never return.
+        raise TypeError("close_all() takes an iterable of connections: close_all([conn]), or conn.close()")
+    if not isinstance(abort, bool):
+        raise TypeError(f"abort must be True or False, not {abort!r}")
     conns = list(connections)
     for conn in conns:
         if not isinstance(conn, Duplex):

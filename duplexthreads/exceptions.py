@@ -4,7 +4,7 @@ Everything the library raises on purpose derives from one root::
 
     DuplexError
     ├── ConnectionClosed            the connection is over; ``.report`` says why
-    │   ├── ConnectionClosedOK      it ended with a normal close handshake (1000 or 1001)
+    │   ├── ConnectionClosedOK      it ended with a normal close handshake (1000, 1001, 1005)
     │   └── ConnectionClosedError   it ended any other way (error, abort, abnormal code)
     ├── ConnectError (OSError)      opening the connection failed; nothing is left behind
     │   ├── HandshakeRejected       the endpoint answered HTTP, but not with a WebSocket upgrade

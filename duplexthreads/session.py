@@ -88,7 +88,9 @@ class Duplex:
         with ``quit.wait(interval)``, never ``time.sleep``). If it returns or raises first, the
         connection ends with reason ``WORKER_EXIT``. Raises ``UsageError`` after start.
         """
-        if not isinstance(role, str) or not _ROLE_PATTERN.fullmatch(role) or role in _RESERVED_ROLES:
+        if not isinstance(role, str):
+            raise TypeError(f"role must be a str, not {type(role).__name__}")
+        if not _ROLE_PATTERN.fullmatch(role) or role in _RESERVED_ROLES:
             raise ValueError(
                 f"invalid worker role {role!r}: use a short lowercase name other than {sorted(_RESERVED_ROLES)}"
             )

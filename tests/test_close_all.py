@@ -80,7 +80,13 @@ def test_close_all_checks_its_arguments_first() -> None:
             duplexthreads.close_all([conn, "not a connection"])  # type: ignore[list-item]
         with pytest.raises(ValueError):
             duplexthreads.close_all([conn], code=1006)
+        with pytest.raises(TypeError, match="abort"):
+            duplexthreads.close_all([conn], abort="yes")  # type: ignore[arg-type]
+        peer.send("still mine")
+        with pytest.raises(TypeError, match=r"close_all\(\[conn\]\)"):
+            duplexthreads.close_all(conn)  # brackets forgotten: must not read its messages
         assert not conn.closed  # nothing was touched
+        assert conn.recv(timeout=5 * UNIT) == "still mine"
     finally:
         conn.abort()
         peer.stop()

@@ -105,11 +105,19 @@ def test_worker_waiting_on_quit_exits_on_a_local_close(make_pair: MakePair) -> N
     assert_all_threads_gone(conn)
 
 
-@pytest.mark.parametrize("role", ["reader", "writer", "owner", "backend", "Bad Name", "", "1st", "x" * 33, 7])
-def test_invalid_roles_are_refused(role: Any) -> None:
+@pytest.mark.parametrize(
+    "role, error",
+    [
+        *((name, ValueError) for name in ["reader", "writer", "owner", "backend", "Bad Name", "", "1st", "x" * 33]),
+        (7, TypeError),
+        (None, TypeError),
+        (b"job", TypeError),
+    ],
+)
+def test_invalid_roles_are_refused(role: Any, error: type) -> None:
     ours, _ = memory_pair()
     conn = Duplex(ours)
-    with pytest.raises(ValueError):
+    with pytest.raises(error):
         conn.add_worker(role, lambda quit: None)
     conn.abort()  # a connection lives until it is closed, started or not
 
