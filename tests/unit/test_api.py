@@ -29,6 +29,7 @@ PUBLIC_NAMES = {
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "ConnectTimeout",
     "Duplex",
     "DuplexError",
     "ExitReport",
