@@ -35,6 +35,14 @@ The wait re-checks whenever a thread ends (it joins the leftover threads with sh
 joins) instead of sleeping a fixed time, so a clean run returns as soon as it is clean. Where
 ``/proc`` is absent (not Linux) only ``threading``'s threads are checked.
 
+The arguments are checked when the check is made (``timeout`` and ``max_rss_growth_kib`` also
+when set later): ``timeout`` is a finite number of seconds >= 0 and ``max_rss_growth_kib`` a
+finite number >= 0 or None (a bool, a str or None for ``timeout`` is a ``TypeError``; NaN, an
+infinity or a negative number a ``ValueError``). ``ignore_threads`` and ``ignore_fds`` are lists
+(any iterable) of regular expressions given as str: one pattern alone must still be in a list,
+``ignore_threads=[r"^pydevd"]``; a bare str is a ``TypeError``, since each of its characters
+would become a pattern of its own and let almost any leak pass.
+
 The pytest plugin
 -----------------
 Installing duplexthreads registers a pytest plugin. It does nothing until asked. To check every
@@ -116,30 +124,40 @@ Two checks of a client's opening and closing, with the options below::
         client.close()
         assert remote.wait_ended() and remote.first_to_end_tcp == "server"
 
-The options apply to every connection the peer accepts:
+The options apply to every connection the peer accepts. Each is checked when the peer is made,
+in the test's process before a child process, a thread or a socket exists, and the same way in
+both modes: a ``TypeError`` for a value of the wrong type (the switches take True or False
+only; a number is an int or a float, never a bool), a ``ValueError`` for a bad value, each
+naming the option. ``host`` (``"127.0.0.1"``, a non-empty str) and ``port`` (0, any free port;
+an int up to 65535) say where it listens.
 
 ``echo=True``
-    Send every message back, with its type. ``drop_every=N`` discards every Nth message
-    instead (recorded in ``dropped``), for applications that must cope with loss.
+    Send every message back, with its type. ``drop_every=N`` (an int >= 1) discards every Nth
+    message instead (recorded in ``dropped``), for applications that must cope with loss.
 ``silent=True``
     Never answer a close frame or a ping, and keep reading, so the client's writes never block.
 ``stop_reading=True``
     Read nothing after the handshake: the client's writes block once the TCP window is full.
 ``greeting=[...]``, ``close_after_greeting=(code, reason)``
-    Messages sent right after the handshake, then a close frame (code None: empty payload).
+    Messages sent right after the handshake (a list or tuple of str, sent as text and encodable
+    as UTF-8, and bytes, sent as binary; one message alone goes in a list too), then a close
+    frame (code None: empty payload). The close frame is one ``close()`` could send (below).
     With ``greeting_with_handshake=True`` (the default) they go out in the same write, and on
     loopback in the same TCP segment, as the 101 response: a client must not lose a message
     that arrives together with the handshake's answer.
 ``reject=404``
-    Answer the upgrade with that status and a short text body, then end TCP.
+    Answer the upgrade with that status (an int from 200 to 599) and a short text body, then
+    end TCP.
 ``trickle_handshake=0.5``
-    Send the 101 response one byte every 0.5 s: does the client's open timeout bound the
+    Send the 101 response one byte every 0.5 s (a finite number of seconds > 0): does the
+    client's open timeout bound the
     whole opening, or only each read? ``close()`` interrupts the trickle.
 ``strict_host=True``
     Answer 400 unless the Host header is what RFC 7230 (5.4) asks for the URL: the host,
     IPv6 literals in brackets, plus ``:port`` unless it is the scheme's default.
 ``subprotocols=("chat",)``
-    Accept the first subprotocol the client offers that is in this list.
+    Accept the first subprotocol the client offers that is in this list or tuple of distinct
+    names (RFC 7230 tokens).
 ``handshake_answer="HTTP/1.1 101 ...\\r\\n\\r\\n"``
     Answer every upgrade request with exactly these bytes instead of a 101, then end TCP: how
     does a client handle a broken or unexpected answer (a wrong accept key, no Upgrade header, a
@@ -152,7 +170,7 @@ The options apply to every connection the peer accepts:
     shapes the answer or the connection after it may be given too.
 ``linger_after_close=0.5``
     After a close handshake, whoever started it, do not end TCP first: wait up to that many
-    seconds for the client to end it, then end it. RFC 6455 (7.1.1) asks the client to wait for
+    seconds (a finite number >= 0) for the client to end it, then end it. RFC 6455 (7.1.1) asks the client to wait for
     the server to end TCP; ``first_to_end_tcp`` says whether it did, and a long linger shows
     whether a client bounded by its close timeout hangs on a server that never ends TCP. Not
     with ``silent``; a close frame answered late, by ``close()`` after ``go_silent()``, still
@@ -160,13 +178,19 @@ The options apply to every connection the peer accepts:
 ``timeout=10.0``
     Bound on every wait without a timeout of its own: ``next_connection()`` and the waits by
     default, a send to a client that stopped reading, the opening handshake, the wait for the
-    client to end TCP after the close handshake, each call to the child process.
+    client to end TCP after the close handshake, each call to the child process. A finite
+    number of seconds > 0, at most 1,000,000.
 
 A :class:`PeerConnection` sends ``send(message)`` (str: text, bytes: binary),
 ``send_fragmented(message, fragment_size)`` (cut at any byte, even inside a UTF-8 sequence),
-``send_raw(data)`` (anything; :func:`encode_frame` builds frames, valid or not),
-``ping(payload)``, ``close(code=1000, reason="")`` (``close(None)``: an empty close payload,
-as browsers send), and ``violate(name)``. It ends TCP with ``reset()`` (RST: ``SO_LINGER`` 0)
+``send_raw(data)`` (any bytes; :func:`encode_frame` builds frames, valid or not),
+``ping(payload)`` (bytes, at most 125), ``close(code=1000, reason="")`` (``close(None)``: an
+empty close payload, as browsers send), and ``violate(name)``. ``close()`` sends only what
+RFC 6455 lets an endpoint send: an int code from 1000-1003, 1007-1014 or 3000-4999 and a
+reason of at most 123 bytes of UTF-8; any other code (999, 1004, 1005, 1006, 1015, 5000...)
+is a ``ValueError`` that points to ``violate("bad-close-code-...")``, or to ``send_raw()`` for
+a close frame no violation covers. Arguments are checked before anything is sent, in both
+modes, as the options are. It ends TCP with ``reset()`` (RST: ``SO_LINGER`` 0)
 or ``drop()`` (FIN, no close frame); ``stop_reading()``, ``resume_reading()`` and
 ``go_silent()`` change its behaviour from then on. After a close handshake the server ends TCP
 first (RFC 6455, 7.1.1; later with ``linger_after_close``) and reads on until the client ends
@@ -190,7 +214,9 @@ the peer), or None while neither has. After a plain close handshake it is ``"ser
 closed; when it is above 0 the kernel answered with RST.
 The waits, ``wait_messages(count)``, ``wait_close_frame()``, ``wait_pongs(count)`` and
 ``wait_ended()``, raise ``TimeoutError`` saying what did come, and ``ConnectionError`` if the
-connection ended first. Controls that write raise ``ConnectionError`` once it has ended.
+connection ended first. Their ``timeout``, like ``next_connection()``'s, is None (the peer's
+``timeout``) or a finite number of seconds from 0 to 1,000,000; ``count`` an int >= 0.
+Controls that write raise ``ConnectionError`` once it has ended.
 
 ``VIOLATIONS`` maps each violation to the close code RFC 6455 says the receiver must fail the
 connection with:
@@ -221,7 +247,11 @@ does not). Entering it connects, and its ``connection`` attribute is the
 :class:`PeerConnection`; its ``first_to_end_tcp`` names the sides by role too (``"client"`` is
 the scripted client; ``"server"`` and ``"reset"`` are the server under test). A refused upgrade
 raises :class:`HandshakeRefused`, a ``ConnectionError`` with the ``status`` and ``body`` of the
-answer::
+answer. Its ``url`` is a ``ws://`` URL with a host, ``headers`` a mapping of str to str or a
+list of (name, value) pairs (names are tokens, values one line of ISO-8859-1; which headers
+they are is not checked, so a test may send a duplicate handshake header on purpose),
+``host_header`` a str that replaces the Host header, ``subprotocols`` and ``timeout`` as for
+the peer, all checked when it is made::
 
     with ScriptedClient(f"ws://127.0.0.1:{port}/ws", headers={"X-Token": "t"}) as client:
         client.connection.send_fragmented("hello", 2)
@@ -239,6 +269,12 @@ What a connection recorded can still be read after the peer is closed, in both m
 ``scripted-peer-*``: controls are then plain calls, which suits benchmarks that time a trigger.
 ``close()`` ends every connection without a close frame and waits, bounded, until the threads or
 the child are gone.
+
+A peer (or scripted client) belongs to the process that made it. A process forked off that one
+(a forked worker, ``multiprocessing`` with the fork start method) holds copies of its pipes or
+sockets: there ``close()``, and so leaving the ``with`` block, only closes those copies, and
+the peer serves on for the process that made it; any other call raises ``RuntimeError``, since
+it would cut into the owner's pipe or connections.
 
 The memory peer
 ---------------

@@ -425,6 +425,11 @@ class Endpoint:
         """Begin the end of this connection: no close frame; FIN, then RST if unread data remains."""
         self._stop(reset=False)
 
+    def release_copy(self) -> None:
+        """In a process forked off this one's owner: close this process's copy of the socket only
+        (no shutdown, no option set on it, no lock: the owner's connection must go on as it was)."""
+        self._sock.close()
+
     def join(self, deadline: float) -> bool:
         """Wait for the reading thread until ``deadline`` (``time.monotonic``); True if it ended."""
         if self._thread.ident is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from typing import (
 )
 
 from .. import _registry
+from ._checks import check_bool, check_seconds, is_number
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,6 +164,27 @@ class _Counts:
     rss_kib: Optional[int]
 
 
+def _patterns(name: str, patterns: Iterable[str]) -> List[Pattern[str]]:
+    """``ignore_threads`` or ``ignore_fds`` compiled. A bare str is refused: iterated, each of
+    its characters would become a pattern of its own, and one of them matches almost anything."""
+    if isinstance(patterns, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{name} must be a list of regular expressions, not a {type(patterns).__name__}"
+            f" (for one pattern, write [{patterns!r}])"
+        )
+    if not isinstance(patterns, Iterable):
+        raise TypeError(f"{name} must be a list of regular expressions, not {type(patterns).__name__}")
+    compiled: List[Pattern[str]] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{name}: each pattern must be a str, not {pattern!r} ({type(pattern).__name__})")
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"{name}: {pattern!r} is not a regular expression: {exc}") from None
+    return compiled
+
+
 def _describe_connection(conn: Any) -> str:
     """Where an open connection was opened: a connection lives until closed, referenced or not."""
     places = "; ".join(f"{file}:{line} in {function}" for file, line, function in conn.opened_at)
@@ -187,8 +210,9 @@ def _take(*, fds: bool) -> Tuple[List[threading.Thread], _Resources, _Counts]:
 class LeakCheck:
     """Context manager and decorator that fails when threads, fds or memory outlive the block.
 
-    ``timeout`` bounds the wait for threads and fds to go away. ``ignore_threads`` are regular
-    expressions matched against thread names (for an OS-level thread not started through
+    ``timeout`` (a finite number of seconds >= 0) bounds the wait for threads and fds to go
+    away. ``ignore_threads`` are regular expressions, in a list even if there is one only,
+    matched against thread names (for an OS-level thread not started through
     ``threading``, against its OS name). ``ignore_fds`` are regular expressions matched against
     what a descriptor points to (``pipe:[...]``, ``socket:[...]``, a path). ``check_fds=False``
     skips descriptors. ``check_os_threads=False`` skips OS-level threads that ``threading`` does
@@ -214,21 +238,19 @@ class LeakCheck:
         ignore_fds: Iterable[str] = (),
         check_fds: bool = True,
         check_os_threads: bool = True,
-        max_rss_growth_kib: Optional[int] = None,
+        max_rss_growth_kib: Optional[float] = None,
         collect: bool = True,
         label: Optional[str] = None,
     ) -> None:
-        if timeout < 0:
-            raise ValueError("timeout must be >= 0")
-        if max_rss_growth_kib is not None and max_rss_growth_kib < 0:
-            raise ValueError("max_rss_growth_kib must be >= 0 or None")
         self.timeout = timeout
-        self.ignore_threads: List[Pattern[str]] = [re.compile(pattern) for pattern in ignore_threads]
-        self.ignore_fds: List[Pattern[str]] = [re.compile(pattern) for pattern in ignore_fds]
-        self.check_fds = check_fds
-        self.check_os_threads = check_os_threads
+        self.ignore_threads: List[Pattern[str]] = _patterns("ignore_threads", ignore_threads)
+        self.ignore_fds: List[Pattern[str]] = _patterns("ignore_fds", ignore_fds)
+        self.check_fds = check_bool("check_fds", check_fds)
+        self.check_os_threads = check_bool("check_os_threads", check_os_threads)
         self.max_rss_growth_kib = max_rss_growth_kib
-        self.collect = collect
+        self.collect = check_bool("collect", collect)
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a str or None, not {label!r} ({type(label).__name__})")
         self.label = label
         self._reset()
         # Set by start(): what the process held then. The pytest plugin adjusts it for fixtures
@@ -249,6 +271,33 @@ class LeakCheck:
         self.leaked_connections: Tuple[str, ...] = ()
         self._before: Optional[_Counts] = None
         self._after: Optional[_Counts] = None
+
+    # -- the limits, checked when set (the pytest plugin's leak_check fixture is tightened live) --
+
+    @property
+    def timeout(self) -> float:
+        """Seconds :meth:`verify` waits for the process to give back what the block took."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = check_seconds("timeout", value, zero=True, limit=None)
+
+    @property
+    def max_rss_growth_kib(self) -> Optional[float]:
+        """The most the resident set may grow, in KiB; None: growth is recorded, not limited."""
+        return self._max_rss_growth_kib
+
+    @max_rss_growth_kib.setter
+    def max_rss_growth_kib(self, value: Optional[float]) -> None:
+        if value is not None:
+            if not is_number(value):
+                raise TypeError(
+                    f"max_rss_growth_kib must be a number of KiB or None, not {value!r} ({type(value).__name__})"
+                )
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"max_rss_growth_kib must be a finite number of KiB >= 0, or None, not {value!r}")
+        self._max_rss_growth_kib = value
 
     # -- the counts a report shows, as plain attributes ----------------------------------------
 

@@ -7,16 +7,38 @@ same calls, by the same names, to the child process (``isolated=True``).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from types import TracebackType
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from ._behaviour import Behaviour, handshake_answer_bytes
+from ._behaviour import Behaviour, check_close, check_message, close_pair, greeting_tuple, handshake_answer_bytes
+from ._checks import (
+    check_bool,
+    check_header_text,
+    check_headers,
+    check_seconds,
+    check_tokens,
+    check_wait,
+    check_whole,
+    check_ws_url,
+)
 from ._endpoint import Endpoint
 from ._record import CloseFrame, Message
 from ._remote import PeerProcess
 from ._server import LocalServer, open_client
+from ._wire import VIOLATIONS
+
+
+def _check_owner(pid: int, what: str) -> None:
+    """Refuse a call from a process forked off the one that made the peer: its copies of the
+    pipes and sockets are shared with that process, whose calls and replies they would cut into."""
+    if os.getpid() != pid:
+        raise RuntimeError(
+            f"{what} belongs to process {pid}, not to this one ({os.getpid()}), which was forked off it:"
+            " only close() works here, and releases this process's copies of its pipes or sockets"
+        )
 
 
 class _Driver:
@@ -51,6 +73,12 @@ class _RemoteDriver(_Driver):
         raise ConnectionError(f"the connection has ended ({record.observe('ended_by')}): its peer is closed")
 
 
+def _bytes(name: str, data: object) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be bytes, bytearray or memoryview, not {type(data).__name__}")
+    return bytes(data)
+
+
 class PeerConnection:
     """One connection of a :class:`ScriptedPeer` (server role) or :class:`ScriptedClient`.
 
@@ -65,35 +93,50 @@ class PeerConnection:
         #: Its place in the order the peer accepted clients, from 0.
         self.index = index
         self._timeout = timeout
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<PeerConnection {self.role} #{self.index}>"
 
     def _call(self, op: str, *args: Any, budget: float = 0.0) -> Any:
+        _check_owner(self._pid, repr(self))
         return self._driver.call(op, args, budget)
 
     def _seconds(self, timeout: Optional[float]) -> float:
-        return self._timeout if timeout is None else timeout
+        seconds = check_wait("timeout", timeout)
+        return self._timeout if seconds is None else seconds
 
     # -- controls ----------------------------------------------------------------------------------
 
     def send(self, message: Union[str, bytes]) -> None:
         """Send one message: ``str`` as text, bytes as binary."""
+        check_message(message)
         self._call("send", message)
 
     def send_fragmented(self, message: Union[str, bytes], fragment_size: int) -> None:
         """Send one message cut every ``fragment_size`` bytes (UTF-8 sequences are cut too)."""
+        check_message(message)
+        check_whole("fragment_size", fragment_size, minimum=1)
         self._call("send_fragmented", message, fragment_size)
 
     def send_raw(self, data: bytes) -> None:
         """Send ``data`` as it is: hand-built frames (see ``encode_frame``), garbage, anything."""
-        self._call("send_raw", bytes(data))
+        self._call("send_raw", _bytes("data", data))
 
     def ping(self, payload: bytes = b"") -> None:
-        self._call("ping", bytes(payload))
+        """Send a ping carrying ``payload`` (at most 125 bytes)."""
+        payload = _bytes("payload", payload)
+        if len(payload) > 125:
+            raise ValueError(f"payload: a ping carries at most 125 bytes, not {len(payload)}; violate('long-ping')")
+        self._call("ping", payload)
 
     def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
-        """Send a close frame; ``code=None`` sends one with an empty payload (no status code)."""
+        """Send a close frame; ``code=None`` sends one with an empty payload (no status code).
+
+        Only what RFC 6455 lets an endpoint send: ``ValueError`` for another code (use
+        ``violate('bad-close-code-...')`` for those) or a reason over 123 bytes of UTF-8.
+        """
+        check_close(code, reason, name="close()")
         self._call("close", code, reason)
 
     def reset(self) -> None:
@@ -117,6 +160,10 @@ class PeerConnection:
 
     def violate(self, name: str) -> None:
         """Send the protocol violation ``name``, one of :data:`VIOLATIONS`."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, one of VIOLATIONS, not {name!r} ({type(name).__name__})")
+        if name not in VIOLATIONS:
+            raise ValueError(f"unknown violation {name!r}; known: {', '.join(sorted(VIOLATIONS))}")
         self._call("violate", name)
 
     # -- observations ------------------------------------------------------------------------------
@@ -197,6 +244,7 @@ class PeerConnection:
     def wait_messages(self, count: int, timeout: Optional[float] = None) -> List[Message]:
         """All messages received once there are ``count``; ``TimeoutError`` says how many came,
         ``ConnectionError`` if the connection ended first."""
+        check_whole("count", count, minimum=0)
         seconds = self._seconds(timeout)
         return self._call("wait_messages", count, seconds, budget=seconds)  # type: ignore[no-any-return]
 
@@ -206,6 +254,7 @@ class PeerConnection:
         return self._call("wait_close_frame", seconds, budget=seconds)  # type: ignore[no-any-return]
 
     def wait_pongs(self, count: int = 1, timeout: Optional[float] = None) -> List[bytes]:
+        check_whole("count", count, minimum=0)
         seconds = self._seconds(timeout)
         return self._call("wait_pongs", count, seconds, budget=seconds)  # type: ignore[no-any-return]
 
@@ -228,29 +277,37 @@ class ScriptedPeer:
         drop_every: Optional[int] = None,
         silent: bool = False,
         stop_reading: bool = False,
-        greeting: Iterable[Union[str, bytes]] = (),
+        greeting: Union[List[Union[str, bytes]], Tuple[Union[str, bytes], ...]] = (),
         close_after_greeting: Optional[Tuple[Optional[int], str]] = None,
         greeting_with_handshake: bool = True,
         reject: Optional[int] = None,
         trickle_handshake: Optional[float] = None,
         strict_host: bool = False,
-        subprotocols: Iterable[str] = (),
+        subprotocols: Union[List[str], Tuple[str, ...]] = (),
         handshake_answer: Union[str, bytes, None] = None,
         linger_after_close: Optional[float] = None,
         timeout: float = 10.0,
     ) -> None:
+        # Everything is checked here, before a child process or a socket exists, so that both
+        # modes refuse the same arguments with the same exceptions.
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str (an address of this machine), not {host!r} ({type(host).__name__})")
+        if not host:
+            raise ValueError("host must name an address of this machine, such as '127.0.0.1' or '::1', not ''")
+        check_whole("port", port, minimum=0, maximum=65535, what="a TCP port (an int; 0: any free one)")
+        check_bool("isolated", isolated)
         behaviour = Behaviour(
             echo=echo,
             drop_every=drop_every,
             silent=silent,
             stop_reading=stop_reading,
-            greeting=tuple(greeting),
-            close_after_greeting=None if close_after_greeting is None else tuple(close_after_greeting),  # type: ignore[arg-type]
+            greeting=greeting_tuple(greeting),
+            close_after_greeting=close_pair("close_after_greeting", close_after_greeting),
             greeting_with_handshake=greeting_with_handshake,
             reject=reject,
             trickle_handshake=trickle_handshake,
             strict_host=strict_host,
-            subprotocols=tuple(subprotocols),
+            subprotocols=check_tokens("subprotocols", subprotocols),
             handshake_answer=handshake_answer_bytes(handshake_answer),
             linger_after_close=linger_after_close,
             timeout=timeout,
@@ -258,6 +315,7 @@ class ScriptedPeer:
         self.host = host
         self.isolated = isolated
         self.timeout = timeout
+        self._pid = os.getpid()
         self._process: Optional[PeerProcess] = None
         self._server: Optional[LocalServer] = None
         if isolated:
@@ -280,7 +338,9 @@ class ScriptedPeer:
     def next_connection(self, timeout: Optional[float] = None) -> PeerConnection:
         """The next client's connection, in the order clients were accepted, once its upgrade
         request has been answered. ``TimeoutError`` if no new client connects in time."""
-        seconds = self.timeout if timeout is None else timeout
+        _check_owner(self._pid, repr(self))
+        wait = check_wait("timeout", timeout)
+        seconds = self.timeout if wait is None else wait
         if self._process is not None:
             index = self._process.request("next_connection", None, [seconds], budget=seconds)
             return PeerConnection(_RemoteDriver(self._process, index), role="server", index=index, timeout=self.timeout)
@@ -292,7 +352,16 @@ class ScriptedPeer:
         """Stop serving and end every connection (no close frame); wait for all of it, bounded.
 
         Idempotent. Raises ``TimeoutError`` if a thread of the in-process mode did not stop.
+
+        In a process forked off the one that made the peer, it only closes that process's copies
+        of the pipes (or sockets): the peer serves on, for the process that made it.
         """
+        if os.getpid() != self._pid:
+            if self._process is not None:
+                self._process.release_copy()
+            elif self._server is not None:
+                self._server.release_copy()
+            return
         if self._process is not None:
             self._process.close()
         elif self._server is not None:
@@ -318,17 +387,18 @@ class ScriptedClient:
         *,
         isolated: bool = True,
         host_header: Optional[str] = None,
-        headers: Union[Mapping[str, str], Iterable[Tuple[str, str]]] = (),
-        subprotocols: Iterable[str] = (),
+        headers: Union[Mapping[str, str], Sequence[Tuple[str, str]]] = (),
+        subprotocols: Union[List[str], Tuple[str, ...]] = (),
         timeout: float = 10.0,
     ) -> None:
-        self.url = url
-        self.isolated = isolated
-        self.timeout = timeout
-        self._host_header = host_header
-        self._headers = [tuple(item) for item in (headers.items() if isinstance(headers, Mapping) else headers)]
-        self._subprotocols = list(subprotocols)
+        self.url = check_ws_url("url", url)
+        self.isolated = check_bool("isolated", isolated)
+        self.timeout = check_seconds("timeout", timeout)
+        self._host_header = None if host_header is None else check_header_text("host_header", host_header)
+        self._headers = check_headers("headers", headers)
+        self._subprotocols = list(check_tokens("subprotocols", subprotocols))
         self._behaviour = Behaviour(timeout=timeout)
+        self._pid = os.getpid()
         self._process: Optional[PeerProcess] = None
         self._endpoint: Optional[Endpoint] = None
         self._connection: Optional[PeerConnection] = None
@@ -340,9 +410,11 @@ class ScriptedClient:
         answers anything but 101, ``TimeoutError`` or another ``OSError`` when it cannot be
         reached. Nothing is left running when it raises.
         """
+        _check_owner(self._pid, "this ScriptedClient")
         if self._connection is not None:
             raise RuntimeError("this ScriptedClient is already open")
-        seconds = self.timeout if timeout is None else timeout
+        check_ws_url("url", self.url)
+        seconds = self.timeout if timeout is None else check_seconds("timeout", timeout)
         if self.isolated:
             options = {
                 "url": self.url,
@@ -375,7 +447,17 @@ class ScriptedClient:
         return self._connection
 
     def close(self) -> None:
-        """End the connection (no close frame) and wait for its thread or process, bounded."""
+        """End the connection (no close frame) and wait for its thread or process, bounded.
+
+        In a process forked off the one that opened it, only that process's copies of the pipes
+        (or the socket) are closed: the connection goes on, for the process that opened it.
+        """
+        if os.getpid() != self._pid:
+            if self._process is not None:
+                self._process.release_copy()
+            elif self._endpoint is not None:
+                self._endpoint.release_copy()
+            return
         if self._process is not None:
             self._process.close()
         elif self._endpoint is not None:

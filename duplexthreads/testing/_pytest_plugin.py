@@ -18,6 +18,7 @@ How one test is checked:
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import TYPE_CHECKING, Dict, Generator, Iterator, List, Optional, Tuple
 
@@ -45,8 +46,8 @@ class _Settings:
                 timeout = float(text)
             except ValueError:
                 raise pytest.UsageError(f"duplexthreads_leak_timeout: not a number of seconds: {text!r}") from None
-        if timeout < 0:
-            raise pytest.UsageError(f"duplexthreads leak timeout must be >= 0, not {timeout}")
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise pytest.UsageError(f"duplexthreads leak timeout must be finite and >= 0, not {timeout}")
         self.timeout = float(timeout)
         self.ignore_threads = _patterns(config, "duplexthreads_leak_ignore_threads")
         self.ignore_fds = _patterns(config, "duplexthreads_leak_ignore_fds")

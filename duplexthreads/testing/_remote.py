@@ -6,6 +6,10 @@ line under a lock, then either reads replies itself or waits for the caller alre
 hand its reply over: one caller reads at a time, and replies are matched by id. Calls from
 several threads are thereby serialised on the pipes but not on each other, so a thread waiting
 for a message does not hold up another thread's send. Every read has a deadline.
+
+The child belongs to the process that started it. A process forked off that one holds copies of
+the two pipes; its ``close()`` closes those copies and nothing else (no shutdown request, no
+signal to the child), so the peer goes on serving the process that started it.
 """
 
 from __future__ import annotations
@@ -44,12 +48,15 @@ class PeerProcess:
         self._ids = itertools.count(1)
         # What was read past the last whole line; touched only by the caller reading.
         self._buffer = bytearray()
+        self._pid = os.getpid()  # the process that owns the child; a fork's copy only lets go
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self._process = subprocess.Popen(
             [sys.executable, "-m", f"{__package__}._peer_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # Unbuffered: nothing is ever left in a buffer, so a forked copy has nothing to flush.
+            bufsize=0,
             env=env,
             start_new_session=True,  # not in the terminal's process group: Ctrl-C is ours to handle
         )
@@ -78,11 +85,11 @@ class PeerProcess:
             if self._ended is not None:
                 raise ConnectionError(self._ended)
             ident = next(self._ids)
-        line = dumps({"id": ident, "op": op, "conn": conn, "args": encode(list(args))})
+        line = memoryview(dumps({"id": ident, "op": op, "conn": conn, "args": encode(list(args))}))
         with self._write_lock:
             try:
-                self._stdin.write(line)
-                self._stdin.flush()
+                while line:  # an unbuffered write may take part of the line only
+                    line = line[self._stdin.write(line) or 0 :]
             except (OSError, ValueError):
                 self._end(f"the scripted peer's process is gone (exit status {self._process.poll()})")
                 raise ConnectionError(self._ended) from None
@@ -170,8 +177,22 @@ class PeerProcess:
                 self._restored[index] = Record.restore({**snapshot, "ended": True, "ended_by": ended_by}, self._timeout)
             return self._restored[index]
 
+    def release_copy(self) -> None:
+        """In a process forked off the owner: close this process's copies of the pipes, and only
+        those. Takes no lock (one held by another thread at the fork stays held here for good)."""
+        if os.getpid() == self._pid:
+            raise RuntimeError("release_copy() is for a process forked off the owner; the owner calls close()")
+        for pipe in (self._stdin, self._stdout):
+            try:
+                pipe.close()  # unbuffered: a plain close() of this process's descriptor
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Shut the child down and reap it: bounded, idempotent, leaves no descriptor open."""
+        if os.getpid() != self._pid:
+            self.release_copy()
+            return
         with self._cond:
             if self._closing:
                 return

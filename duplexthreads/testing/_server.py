@@ -178,6 +178,14 @@ class LocalServer:
         endpoint.record.wait_handshake(max(0.0, deadline - time.monotonic()))
         return endpoint
 
+    def release_copy(self) -> None:
+        """In a process forked off this server's: close this process's copies of the listening
+        socket and of the connections' sockets, and nothing more. No shutdown() (it would end
+        them for the owner too) and no lock (one held by a thread at the fork stays held here)."""
+        self._listener.close()
+        for endpoint in list(self._endpoints):
+            endpoint.release_copy()
+
     def close(self) -> List[str]:
         """Stop listening and end every connection; return the names of threads that did not stop.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import math
 import mmap
 import os
 import threading
@@ -362,3 +363,121 @@ def test_the_report_names_an_open_connection_and_where_it_was_opened() -> None:
         conn.abort()
         theirs.close()
     assert check.verify(raise_error=False) and check.leaked_connections == ()
+
+
+# -- the arguments, checked at the call ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ignore_threads", "ignore_fds"])
+@pytest.mark.parametrize("patterns", ["^pydevd", b"^pydevd", "", bytearray(b"x")])
+def test_one_pattern_given_as_a_str_is_refused(name: str, patterns: object) -> None:
+    """Iterated, a str is one pattern per character; "^pydevd" then ignored every thread name
+    holding a 'd', an 'e' or a 'p', and any descriptor: the check passed leaky code."""
+    with pytest.raises(TypeError, match=name):
+        LeakCheck(timeout=SHORT, **{name: patterns})  # type: ignore[arg-type]
+
+
+def test_a_str_pattern_no_longer_lets_a_leak_pass(parked: List[Parked]) -> None:
+    leaker = park(parked, "unit-leak-despite-the-pattern")  # holds 'e', 'p' and 'd'
+    with pytest.raises(TypeError, match=r"ignore_threads.*\['\^pydevd'\]"):
+        with LeakCheck(timeout=SHORT, ignore_threads="^pydevd"):  # type: ignore[arg-type]
+            leaker.start()
+    assert leaker.thread.ident is None  # refused before the block ran
+    with pytest.raises(LeakError) as leak:
+        with LeakCheck(timeout=SHORT, ignore_threads=["^pydevd"]):
+            leaker.start()
+    assert leak.value.threads == (leaker.thread,)
+    opened: List[int] = []
+    try:
+        with pytest.raises(LeakError) as leak:
+            with LeakCheck(timeout=SHORT, ignore_fds=("^/dev/shm/",)):
+                opened.extend(os.pipe())
+        assert list(leak.value.fds) == opened
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("name", "patterns", "error"),
+    [
+        ("ignore_threads", ["("], ValueError),  # not a regular expression
+        ("ignore_fds", ["[a-"], ValueError),
+        ("ignore_threads", [5], TypeError),
+        ("ignore_fds", [b"^pipe:"], TypeError),  # a bytes pattern never matches a str
+        ("ignore_fds", [None], TypeError),
+        ("ignore_threads", None, TypeError),
+        ("ignore_fds", 5, TypeError),
+    ],
+)
+def test_bad_patterns_are_refused_with_the_argument_named(name: str, patterns: object, error: type) -> None:
+    with pytest.raises(error, match=name):
+        LeakCheck(**{name: patterns})  # type: ignore[arg-type]
+
+
+def test_patterns_may_come_in_any_iterable() -> None:
+    check = LeakCheck(ignore_threads=(p for p in ["^a", "b$"]), ignore_fds=("^pipe:",))
+    assert [p.pattern for p in check.ignore_threads] == ["^a", "b$"]
+    assert [p.pattern for p in check.ignore_fds] == ["^pipe:"]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (None, TypeError),
+        ("2", TypeError),
+        (True, TypeError),
+        ([1], TypeError),
+        (math.nan, ValueError),  # verify() failed with an unrelated error, or passed at once
+        (-1, ValueError),
+        (-0.001, ValueError),
+        (math.inf, ValueError),
+    ],
+)
+def test_a_bad_timeout_is_refused_at_the_call(value: object, error: type) -> None:
+    with pytest.raises(error, match="timeout"):
+        LeakCheck(timeout=value)  # type: ignore[arg-type]
+    check = LeakCheck()
+    with pytest.raises(error, match="timeout"):
+        check.timeout = value  # type: ignore[assignment]
+    assert check.timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("5", TypeError),
+        (True, TypeError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (-1, ValueError),
+    ],
+)
+def test_a_bad_rss_limit_is_refused_when_given_or_set(value: object, error: type) -> None:
+    with pytest.raises(error, match="max_rss_growth_kib"):
+        LeakCheck(max_rss_growth_kib=value)  # type: ignore[arg-type]
+    check = LeakCheck(max_rss_growth_kib=100)
+    with pytest.raises(error, match="max_rss_growth_kib"):
+        check.max_rss_growth_kib = value  # type: ignore[assignment]
+    assert check.max_rss_growth_kib == 100
+
+
+def test_good_limits_are_taken() -> None:
+    check = LeakCheck(timeout=0, max_rss_growth_kib=0)
+    assert (check.timeout, check.max_rss_growth_kib) == (0, 0)
+    check.timeout, check.max_rss_growth_kib = 1.5, 2_000.5
+    assert (check.timeout, check.max_rss_growth_kib) == (1.5, 2_000.5)
+    check.max_rss_growth_kib = None
+    assert check.max_rss_growth_kib is None
+
+
+@pytest.mark.parametrize("name", ["check_fds", "check_os_threads", "collect"])
+@pytest.mark.parametrize("value", ["no", None, 0])
+def test_the_switches_are_true_or_false(name: str, value: object) -> None:
+    with pytest.raises(TypeError, match=name):
+        LeakCheck(**{name: value})  # type: ignore[arg-type]
+
+
+def test_the_label_is_a_str() -> None:
+    with pytest.raises(TypeError, match="label"):
+        LeakCheck(label=5)  # type: ignore[arg-type]
