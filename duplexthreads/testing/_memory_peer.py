@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple, Union
 
 from ..exceptions import TransportError
 from ..transports import CloseFrame, MemoryTransport
+from ._behaviour import check_close, check_message
+from ._checks import check_seconds, check_wait, check_whole
 
 Message = Union[str, bytes]
 
@@ -25,10 +27,8 @@ class MemoryPeer:
     def __init__(self, end: MemoryTransport, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         if not isinstance(end, MemoryTransport):
             raise TypeError(f"end must be a MemoryTransport, not {type(end).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.end = end
-        self.timeout = float(timeout)
+        self.timeout = check_seconds("timeout", timeout)
         self._cond = threading.Condition()
         self._messages: List[Message] = []
         self._close_frames: List[Tuple[int, str]] = []
@@ -60,8 +60,10 @@ class MemoryPeer:
 
     def wait_messages(self, count: int, timeout: Optional[float] = None) -> List[Message]:
         """Wait until ``count`` messages have arrived and return all of them."""
+        check_whole("count", count, minimum=0)
+        bound = self._bound(timeout)
         with self._cond:
-            if not self._cond.wait_for(lambda: len(self._messages) >= count or self._ended, self._bound(timeout)):
+            if not self._cond.wait_for(lambda: len(self._messages) >= count or self._ended, bound):
                 raise TimeoutError(f"the memory peer got {len(self._messages)} of {count} messages")
             if len(self._messages) < count:
                 raise ConnectionError(f"the stream ended after {len(self._messages)} of {count} messages")
@@ -87,10 +89,12 @@ class MemoryPeer:
 
     def send(self, message: Message) -> None:
         """Send one message: str as text, bytes as binary."""
-        self.end.send_batch([message])
+        check_message(message)
+        self.end.send_batch([bytes(message) if isinstance(message, (bytearray, memoryview)) else message])
 
     def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
         """Send a close frame; ``None`` stands for an empty payload, which the receiver reads as 1005."""
+        check_close(code, reason)
         with self._cond:
             self._close_sent = True
         self.end.send_close(1005 if code is None else code, reason)
@@ -122,7 +126,8 @@ class MemoryPeer:
     # -- the reading thread --------------------------------------------------------------------
 
     def _bound(self, timeout: Optional[float]) -> float:
-        return self.timeout if timeout is None else timeout
+        checked = check_wait("timeout", timeout)
+        return self.timeout if checked is None else checked
 
     def _read(self) -> None:
         try:

@@ -91,8 +91,10 @@ def test_waits_say_what_came() -> None:
         ("memory", {"timeout": 0}, ValueError),
         ("memory", {"timeout": -1}, ValueError),
         ("memory", {"timeout": float("nan")}, ValueError),
-        ("memory", {"timeout": True}, ValueError),
-        ("memory", {"timeout": "1"}, ValueError),
+        ("memory", {"timeout": float("inf")}, ValueError),
+        ("memory", {"timeout": True}, TypeError),
+        ("memory", {"timeout": "1"}, TypeError),
+        ("memory", {"timeout": None}, TypeError),
     ],
 )
 def test_bad_arguments_are_refused_at_the_call(end: object, options: dict, error: type) -> None:
@@ -101,3 +103,24 @@ def test_bad_arguments_are_refused_at_the_call(end: object, options: dict, error
         MemoryPeer(theirs if end == "memory" else end, **options)  # type: ignore[arg-type]
     ours.close()
     theirs.close()
+
+
+def test_bad_calls_are_refused_before_anything_is_sent() -> None:
+    ours, theirs = memory_pair()
+    peer = MemoryPeer(theirs, timeout=5 * UNIT)
+    with pytest.raises(ValueError, match="violate"):
+        peer.close(1006)  # may not be sent
+    with pytest.raises(TypeError):
+        peer.close(1000.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        peer.send(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        peer.send("\ud800")
+    with pytest.raises(ValueError, match="timeout"):
+        peer.wait_messages(1, timeout=float("nan"))
+    with pytest.raises(ValueError, match="timeout"):
+        peer.wait_ended(timeout=-1)
+    peer.send(bytearray(b"ok"))
+    assert ours.recv() == b"ok"  # the first thing that arrived
+    peer.stop()
+    ours.close()
