@@ -10,6 +10,16 @@ Then :func:`open_socket` resolves, connects and wraps TLS under one deadline, an
 :class:`HandshakeSocket` gives the HTTP upgrade what is left of it: ``open_timeout`` bounds the
 whole opening, not each read (a server trickling its answer one byte at a time used to hold
 ``connect()`` for as many timeouts as it sent bytes).
+
+:class:`HandshakeSocket` also judges the server's answer as it arrives, the same way for both
+backends, because the backends do not: websocket-client reads a header line of any length
+(with ``open_timeout=None``, until memory runs out) and simple-websocket waited for the timeout
+on an answer that is not HTTP. An answer whose head (status line and headers) is longer than
+:data:`MAX_ANSWER_HEAD` fails at once with :class:`ConnectError`, one that is not HTTP with
+:class:`HandshakeRejected` (status 0), and :meth:`HandshakeSocket.check_accepted` refuses a
+``101`` that the backend accepted but RFC 6455 does not: one that names an extension (we offer
+none), repeats ``Sec-WebSocket-Accept`` or ``Sec-WebSocket-Protocol``, or has header bytes that
+are not UTF-8 (websocket-client refuses those itself).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from .._deadline import remaining
@@ -33,6 +43,7 @@ __all__ = [
     "client_request",
     "header_pairs",
     "open_socket",
+    "reraise",
     "status_of",
 ]
 
@@ -70,8 +81,16 @@ _HANDSHAKE_HEADERS = frozenset(
     }
 )
 
-#: At most this much of the server's answer is kept, to say what it was when it is refused.
-_KEEP_ANSWER = 8192
+#: The longest head (status line, headers and the blank line) a server's answer may have, in
+#: bytes: h11's limit, which simple-websocket's parser (wsproto) applies, here for both backends.
+MAX_ANSWER_HEAD = 16384
+
+# Where the head of an answer ends: its first empty line (h11 and websocket-client take a bare
+# LF for a line end too).
+_HEAD_END = re.compile(rb"\n\r?\n")
+
+# RFC 6455 11.3.3 and 11.3.4: each of these must not appear more than once in the 101 answer.
+_ONCE_ONLY = (b"sec-websocket-accept", b"sec-websocket-protocol")
 
 
 @dataclass(frozen=True)
@@ -300,15 +319,21 @@ def open_socket(
 class HandshakeSocket:
     """The socket as the HTTP upgrade sees it: every read and write within the one deadline.
 
-    It also keeps the start of the server's answer, so that a refusal can be reported with the
-    status the server gave (or as "not HTTP" when it gave none), whatever the backend made of it.
+    It keeps the head of the server's answer (at most :data:`MAX_ANSWER_HEAD` bytes), so that a
+    refusal can be reported with the status the server gave (or as "not HTTP" when it gave
+    none), whatever the backend made of it, and fails the opening as soon as the answer is not
+    HTTP or its head grows past the limit: before the backend sees the bytes.
     """
 
     def __init__(self, sock: socket.socket, deadline: Optional[float], url: str) -> None:
         self.raw = sock
         self.deadline = deadline
         self.url = url
+        #: The head of the answer so far; once it is complete, exactly the head.
         self.answer = bytearray()
+        # Where the head ends in ``answer``, once its blank line has come.
+        self._head_end: Optional[int] = None
+        self._status_known = False
 
     def arm(self) -> None:
         _arm(self.raw, self.deadline, self.url, "the opening handshake")
@@ -316,9 +341,66 @@ class HandshakeSocket:
     def recv(self, size: int) -> bytes:
         self.arm()
         data = self.raw.recv(size)
-        if len(self.answer) < _KEEP_ANSWER:
-            self.answer += data[: _KEEP_ANSWER - len(self.answer)]
+        if data and self._head_end is None:
+            self._see(data)
         return data
+
+    def _see(self, data: bytes) -> None:
+        """Take in more of the answer's head; raise as soon as it cannot be a valid one."""
+        answer = self.answer
+        searched = max(0, len(answer) - 2)  # the blank line may straddle two reads
+        answer += data
+        if not self._status_known:
+            self._check_status_line(first_line_done=b"\n" in data)
+        end = _HEAD_END.search(answer, searched)
+        # The limit is on the head, wherever the reads happen to cut it (websocket-client reads
+        # one byte at a time, simple-websocket 4 KiB), so that both backends agree on every answer.
+        if (len(answer) if end is None else end.end()) > MAX_ANSWER_HEAD:
+            del answer[MAX_ANSWER_HEAD:]
+            raise ConnectError(
+                f"{self.url}: the answer's status line and headers are over {MAX_ANSWER_HEAD} bytes: "
+                "not a WebSocket upgrade"
+            )
+        if end is not None:
+            self._head_end = end.end()
+            del answer[self._head_end :]  # what follows is the backend's (frames), not the head
+
+    def _check_status_line(self, first_line_done: bool) -> None:
+        # The first line is complete at its first LF; before that, an answer is HTTP only while
+        # it can still begin with "HTTP/".
+        start = bytes(self.answer[:5])
+        if first_line_done:
+            status = status_of(bytes(self.answer))
+            self._status_known = True
+        else:
+            status = None if b"HTTP/".startswith(start) else 0
+        if status == 0:
+            self._status_known = True
+            raise HandshakeRejected(0, _not_http(self.url, bytes(self.answer)))
+
+    def check_accepted(self) -> None:
+        """Refuse a 101 the backend accepted that RFC 6455 does not; :class:`ConnectError`."""
+        head = bytes(self.answer if self._head_end is None else self.answer[: self._head_end])
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # websocket-client cannot read such a header; refused on both backends alike.
+            raise ConnectError(
+                f"{self.url}: invalid WebSocket handshake: a header of the answer is not UTF-8: "
+                f"{head[max(0, exc.start - 20) : exc.end + 20]!r}"
+            ) from None
+        counts = _header_counts(head)
+        if counts.get(b"sec-websocket-extensions"):
+            raise ConnectError(
+                f"{self.url}: invalid WebSocket handshake: the answer has a Sec-WebSocket-Extensions "
+                "header, and we offered no extension"
+            )
+        for name in _ONCE_ONLY:
+            if counts.get(name, 0) > 1:
+                raise ConnectError(
+                    f"{self.url}: invalid WebSocket handshake: the answer has {counts[name]} "
+                    f"{name.decode()} headers; RFC 6455 (11.3) allows one"
+                )
 
     def send(self, data: bytes) -> int:
         self.arm()
@@ -339,6 +421,37 @@ class HandshakeSocket:
 
     def close(self) -> None:
         """Ignored: the caller owns the socket and closes it."""
+
+
+def _header_counts(head: bytes) -> Dict[bytes, int]:
+    """How many times each header name (lowercased) appears in the head of an answer."""
+    counts: Dict[bytes, int] = {}
+    for line in head.split(b"\n")[1:]:
+        name, colon, _ = line.partition(b":")
+        if colon and not line[:1].isspace():  # an obs-fold continuation line names nothing
+            key = name.strip().lower()
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _not_http(url: str, answer: bytes) -> str:
+    # The answer may be refused after its first byte (websocket-client reads one at a time).
+    return f"{url}: the answer is not HTTP (it begins {bytes(answer[:60])!r})"
+
+
+def reraise(error: BaseException, cause: BaseException) -> NoReturn:
+    """``raise error from cause`` (or ``cause`` itself, when it is ``error``), leaving no cycle.
+
+    A caller that keeps the exception it raises in a local variable makes a reference cycle
+    (the exception, its traceback, the caller's frame, the variable), which holds everything
+    the failed opening read until the garbage collector runs; this frame lets go of both.
+    """
+    try:
+        if error is cause:
+            raise error
+        raise error from cause
+    finally:
+        del error, cause
 
 
 def status_of(answer: bytes) -> Optional[int]:
@@ -362,7 +475,7 @@ def refusal(request: ClientRequest, answer: bytes, cause: BaseException) -> Conn
     url = request.url
     status = status_of(answer) if answer else None
     if status == 0:
-        return HandshakeRejected(0, f"{url}: the answer is not HTTP: {bytes(answer[:60])!r}")
+        return HandshakeRejected(0, _not_http(url, answer))
     if status is not None and status != 101:
         location = _header(answer, b"location")
         moved = f" (redirect to {location}; redirects are not followed)" if location and 300 <= status < 400 else ""

@@ -19,10 +19,19 @@ and buffers messages; our reader takes them with ``receive()``. Its habits that 
   read as the ``101`` answer; our :class:`_Client` handles them in the thread instead;
 - it keeps the message it was assembling, and wsproto its buffers, for as long as the object
   lives; ``close()`` drops them.
+
+Under Werkzeug the server side takes two more precautions, so that no byte of the connection
+ever reaches Werkzeug's HTTP parser again (which would run the WSGI app for a request the
+client hid in the WebSocket stream, past any proxy in front): what the client sent along with
+the upgrade request, which Werkzeug read ahead into its request file, is handed to the
+WebSocket (it is the client's first frames, or a protocol error); and once the WebSocket has
+ended the socket is marked ended (:func:`_mark_ended`), so that Werkzeug reads end of stream
+from it and writes nothing more to it, however the view ends.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import ssl
 import threading
@@ -97,6 +106,9 @@ class _GuardedSocket(BorrowedSocket):
         self.read_gate = threading.Condition()
         self.buffered: Callable[[], int] = lambda: 0
         self.released = False
+        # Bytes that came before the backend thread's first read (server side: what the client
+        # sent along with its upgrade request); its first reads return them.
+        self.pending = b""
 
     def release(self) -> None:
         with self.read_gate:
@@ -121,6 +133,9 @@ class _GuardedSocket(BorrowedSocket):
             if self.released:
                 # Shut down: read nothing more. close() drains what is left before closing.
                 return b""
+        if self.pending:
+            data, self.pending = self.pending[:size], self.pending[size:]
+            return data
         try:
             data = self.raw.recv(size)
         except OSError as exc:
@@ -177,7 +192,7 @@ class _Watch:
                 return
             self._fail(f"protocol error: {event.reason}", int(event.code))
         if isinstance(event, (TextMessage, BytesMessage)) and self.max_message_size is not None:
-            self._message_size += len(event.data)
+            self._message_size += _size_in_bytes(event.data)
             if self._message_size > self.max_message_size:
                 self._fail(f"a message is over max_message_size ({self.max_message_size} bytes)", MESSAGE_TOO_BIG)
             if event.message_finished:
@@ -219,15 +234,27 @@ class _Client(_SimpleBase):  # type: ignore[misc]
 
     def handshake(self) -> None:
         self._watch.install(self.ws)
+        try:
+            self._handshake()
+        except BaseException:
+            # Nothing will ever release this wsproto connection: break the watch's cycle now.
+            self._watch.uninstall(self.ws)
+            raise
+
+    def _handshake(self) -> None:
         channel = self._channel
         channel.send(self.ws.send(self._request))
         while True:
+            # The channel fails at once on an answer that is not HTTP, or whose head is too long.
             data = channel.recv(self.receive_bytes)
             if not data:
                 raise EOFError("the server closed the connection")
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, AcceptConnection):
+                    # What wsproto lets through: a repeated header (it reads the last one) or
+                    # an empty Sec-WebSocket-Extensions.
+                    channel.check_accepted()
                     self.subprotocol = event.subprotocol
                     self.connected = True
                     channel.raw.settimeout(None)
@@ -268,12 +295,22 @@ class SimpleWebSocketTransport(Transport):
 
     backend = "simple-websocket"
 
-    def __init__(self, ws: Any, guard: _GuardedSocket, connection_id: int, watch: Optional[_Watch] = None) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        guard: _GuardedSocket,
+        connection_id: int,
+        watch: Optional[_Watch] = None,
+        *,
+        werkzeug: bool = False,
+    ) -> None:
         super().__init__(connection_id)
         self._ws = ws
         self._guard = guard
         self._watch = watch if watch is not None else _Watch(None)
         self._is_client = isinstance(ws, _Client)
+        # Under Werkzeug (set by accept()) the socket is marked ended once closed.
+        self._werkzeug = werkzeug
         # Only the client side frames its own data (the server's go through wsproto).
         self.direct_writes = self._is_client and guard.writer.can_write_now
         self._thread: threading.Thread = ws.thread
@@ -309,12 +346,9 @@ class SimpleWebSocketTransport(Transport):
         guard = _GuardedSocket(sock)
         try:
             ws = _Client(guard, upgrade, channel, watch, _thread_factory(connection_id))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - translated, then raised by reraise()
             close_without_reset(sock)
-            error = _translate(request, exc, bytes(channel.answer), deadline)
-            if error is exc:
-                raise
-            raise error from exc
+            _opening.reraise(_translate(request, exc, bytes(channel.answer), deadline), exc)
         return cls(ws, guard, connection_id, watch)
 
     @classmethod
@@ -333,6 +367,7 @@ class SimpleWebSocketTransport(Transport):
         for key in ("werkzeug.socket", "gunicorn.socket"):
             if environ.get(key) is not None:
                 raw = environ[key]
+                werkzeug = key == "werkzeug.socket"
                 break
         else:
             raise ConnectError(
@@ -346,8 +381,13 @@ class SimpleWebSocketTransport(Transport):
         if method != "GET":
             # simple-websocket rebuilds the request as a GET whatever it was (RFC 6455 4.2.1).
             raise HandshakeRejected(400, f"a WebSocket upgrade must be a GET request, not {method}")
+        if werkzeug and environ.get("HTTP_TRANSFER_ENCODING"):
+            # Werkzeug would read it through a decoder: what follows could not be taken below.
+            raise HandshakeRejected(400, "a WebSocket upgrade request has no body (it has a Transfer-Encoding)")
+        ahead = _read_ahead(environ.get("wsgi.input"), raw) if werkzeug else b""
         raw.settimeout(None)
         guard = _GuardedSocket(raw)
+        guard.pending = ahead
         # simple-websocket finds the socket through the environ; give it the guarded one.
         guarded_environ = {k: v for k, v in environ.items() if k not in ("werkzeug.socket", "gunicorn.socket")}
         guarded_environ["werkzeug.socket"] = guard
@@ -368,7 +408,7 @@ class SimpleWebSocketTransport(Transport):
             raise HandshakeRejected(400, f"not a valid WebSocket upgrade request: {exc!r}") from exc
         except Exception as exc:  # the client gone (OSError), or the backends' own errors
             raise ConnectError(f"WebSocket handshake failed: {exc!r}") from exc
-        return cls(ws, guard, connection_id, watch)
+        return cls(ws, guard, connection_id, watch, werkzeug=werkzeug)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -506,6 +546,9 @@ class SimpleWebSocketTransport(Transport):
             # for a next request, would wait for the client.
             _end_sending(raw)
         close_without_reset(raw)
+        if self._werkzeug:
+            # Werkzeug still holds the descriptor (its request file): it must not read from it.
+            _mark_ended(raw)
         if not thread.is_alive():
             self._release()
 
@@ -527,6 +570,87 @@ class SimpleWebSocketTransport(Transport):
         if protocol is not None:
             self._watch.uninstall(protocol)
             ws.ws = None
+
+
+def _read_ahead(stream: Any, sock: socket.socket) -> bytes:
+    """What Werkzeug's request file read past the upgrade request, taken out of it.
+
+    Werkzeug parses the request through a buffered file on the socket, which may hold bytes the
+    client sent right after the request (a client must wait for the 101, but a hostile one need
+    not). Left there, the WebSocket would never see them, and Werkzeug would parse them as a
+    new request once the view ends. ``peek()`` returns what the buffer holds; when it holds
+    nothing it makes one read, non-blocking here, which finds nothing or what the client has
+    sent so far (taken as well: it is as much the WebSocket's).
+    """
+    if not isinstance(stream, io.BufferedReader) or not isinstance(stream.raw, socket.SocketIO):
+        return b""
+    try:
+        if stream.raw.fileno() != sock.fileno():
+            return b""
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            ahead = stream.peek()
+        except OSError:  # TLS: SSLWantReadError, nothing buffered and nothing to read
+            ahead = b""
+        finally:
+            sock.settimeout(timeout)
+        return stream.read(len(ahead)) if ahead else b""
+    except (OSError, ValueError):  # closed: the handshake will fail on it
+        return b""
+
+
+class _Ended:
+    """What a socket becomes once its WebSocket has ended: end of stream to readers, no writes.
+
+    Mixed into the socket's own class by :func:`_mark_ended`; the descriptor is untouched and
+    still closed by its owner (the WSGI server), but nothing can read the client's bytes from it
+    any more, nor write an HTTP response after the WebSocket.
+    """
+
+    __slots__ = ()
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return b""
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return 0
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        raise ConnectionAbortedError("the WebSocket on this connection has ended")
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        raise ConnectionAbortedError("the WebSocket on this connection has ended")
+
+
+_ENDED_CLASSES: Dict[type, type] = {}
+
+
+def _mark_ended(sock: socket.socket) -> None:
+    """Make ``sock`` read as ended and refuse writes, whoever reads or writes it next.
+
+    Werkzeug reads the next request from the connection when the view raises instead of
+    returning (``ConnectionError``, which its dropped-connection path swallows): bytes the
+    client sent after its close frame would reach the WSGI app as a new request. A socket read
+    ending there ends Werkzeug's loop for the connection.
+    """
+    cls = type(sock)
+    if not issubclass(cls, socket.socket):
+        return
+    ended = _ENDED_CLASSES.get(cls)
+    if ended is None:
+        ended = _ENDED_CLASSES.setdefault(cls, type(f"Ended{cls.__name__}", (_Ended, cls), {"__slots__": ()}))
+    try:
+        sock.__class__ = ended
+    except TypeError:  # pragma: no cover - a socket class whose layout a subclass cannot share
+        pass
+
+
+def _size_in_bytes(data: Union[str, bytes, bytearray]) -> int:
+    """The size on the wire of a piece of a message: wsproto hands text over decoded."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode("utf-8"))
+    return len(data)
 
 
 def _end_sending(sock: socket.socket) -> None:

@@ -169,17 +169,16 @@ def _upgrade(request: _opening.ClientRequest, sock: socket.socket, deadline: Opt
     ws: Any = websocket.WebSocket(enable_multithread=False)
     try:
         ws.connect(request.wire_url, socket=_Latin1Request(channel), **_handshake_options(request))
-    except BaseException as exc:
-        error = _translate(request, exc, bytes(channel.answer), deadline)
-        if error is exc:
-            raise
-        raise error from exc
+    except BaseException as exc:  # noqa: BLE001 - translated, then raised by reraise()
+        _opening.reraise(_translate(request, exc, bytes(channel.answer), deadline), exc)
     finally:
         ws.sock = None  # websocket-client must not touch our socket again
     response = ws.handshake_response
     if response is None or response.status != 101:
         # Some versions return a redirect they were told not to follow as if it had opened.
         raise _opening.refusal(request, bytes(channel.answer), ValueError("not 101 Switching Protocols"))
+    # What websocket-client's dict of headers cannot show: a header repeated, or present empty.
+    channel.check_accepted()
     return response
 
 
@@ -230,7 +229,7 @@ def _is_timeout(exc: BaseException) -> bool:
 def _chosen_subprotocol(request: _opening.ClientRequest, response: Any) -> Optional[str]:
     """The server's choice, checked as RFC 6455 4.1 says (websocket-client checks neither)."""
     headers: Dict[str, str] = response.headers if response is not None else {}
-    if headers.get("sec-websocket-extensions"):
+    if "sec-websocket-extensions" in headers:  # even empty: we offered none
         raise ConnectError(f"{request.url}: the server accepted an extension we did not offer")
     chosen = headers.get("sec-websocket-protocol")
     if chosen is None:
@@ -241,6 +240,10 @@ def _chosen_subprotocol(request: _opening.ClientRequest, response: Any) -> Optio
 
 
 # -- through a proxy named in the environment --------------------------------------------------------
+#
+# There websocket-client reads the answer from a socket of its own: the checks of HandshakeSocket
+# (the limit on the answer's head, a repeated handshake header) do not apply; open_timeout
+# bounds each read, and a Sec-WebSocket-Extensions header, even empty, is still refused.
 
 
 def _proxy_for(request: _opening.ClientRequest) -> Optional[Tuple[Any, ...]]:
@@ -269,14 +272,9 @@ def _open_through_proxy(
     options = _handshake_options(request)
     try:
         ws.connect(request.wire_url, timeout=remaining(deadline), **options)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - translated, then raised by reraise()
         ws.shutdown()
-        error = _translate(request, exc, b"", deadline)
-        if type(error) is ConnectError:  # nothing of the answer to tell by: say where it failed
-            error = ConnectError(f"{request.url}: cannot connect through the proxy from the environment: {exc}")
-        if error is exc:
-            raise
-        raise error from exc
+        _opening.reraise(_through_proxy_error(request, exc, deadline), exc)
     sock: socket.socket = ws.sock
     ws.sock = None
     response = ws.handshake_response
@@ -285,3 +283,12 @@ def _open_through_proxy(
         status = 0 if response is None else int(response.status)
         raise HandshakeRejected(status, f"{request.url}: answered HTTP {status}, not a WebSocket upgrade")
     return sock, response
+
+
+def _through_proxy_error(
+    request: _opening.ClientRequest, exc: BaseException, deadline: Optional[float]
+) -> BaseException:
+    error = _translate(request, exc, b"", deadline)
+    if type(error) is ConnectError:  # nothing of the answer to tell by: say where it failed
+        return ConnectError(f"{request.url}: cannot connect through the proxy from the environment: {exc}")
+    return error

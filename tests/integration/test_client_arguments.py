@@ -284,6 +284,30 @@ CANNED_ANSWERS = {
     "non-utf8-header": "HTTP/1.1 403 Forbidden\r\nX-Why: caf\xe9\r\nContent-Length: 0\r\n\r\n",
     "nothing": "",
     "cut-short": "HTTP/1.1 101 Switching",
+    # RFC 6455 11.3: a 101 that the backends used to accept, each its own way.
+    "extension-empty": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: \r\n\r\n"
+    ),
+    "accept-twice-wrong-first": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ),
+    "accept-twice": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nsec-websocket-accept: {accept}\r\n\r\n"
+    ),
+    "subprotocol-twice": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: superchat\r\n\r\n"
+    ),
+    # websocket-client cannot read a header that is not UTF-8; simple-websocket could.
+    "non-utf8-header-in-101": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nX-Why: caf\xe9\r\n\r\n"
+    ),
+    # A four-digit status is no HTTP status: not HTTP on both (websocket-client said 1010).
+    "status-1010": "HTTP/1.1 1010 Switching\r\nUpgrade: websocket\r\n\r\n",
 }
 
 # (the canned answer, the options, the exception expected, its status if HandshakeRejected)
@@ -299,6 +323,12 @@ ANSWERS: List[Tuple[str, Dict[str, Any], Type[Exception], Optional[int]]] = [
     ("non-utf8-header", {}, HandshakeRejected, 403),
     ("nothing", {}, ConnectError, None),
     ("cut-short", {}, ConnectError, None),
+    ("extension-empty", {}, ConnectError, None),
+    ("accept-twice-wrong-first", {}, ConnectError, None),
+    ("accept-twice", {}, ConnectError, None),
+    ("subprotocol-twice", {"subprotocols": ["chat", "superchat"]}, ConnectError, None),
+    ("non-utf8-header-in-101", {}, ConnectError, None),
+    ("status-1010", {}, HandshakeRejected, 0),
 ]
 
 

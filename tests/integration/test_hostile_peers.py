@@ -342,6 +342,8 @@ class WerkzeugServer:
         self.connections.put(conn)
         self.outcomes.put(conn.wait(30 * UNIT))
         # The socket was the WebSocket's: tell Werkzeug not to write an HTTP response on it.
+        # (Werkzeug then reads on for a next request; the transport marked the socket ended, so
+        # it finds none: see test_werkzeug.py's test of smuggled requests.)
         raise ConnectionAbortedError("the WebSocket has ended")
 
     def next_connection(self) -> Duplex:
@@ -397,6 +399,27 @@ def test_a_message_over_max_message_size_is_1009() -> None:
         server.close()
 
 
+@pytest.mark.parametrize("fragment_size", [None, 100])
+def test_max_message_size_counts_the_bytes_of_text(fragment_size: Any) -> None:
+    """wsproto hands text over decoded: the limit counted characters, so 900 euro signs (2,700
+    bytes) went through a limit of 1,000. 333 of them are 999 bytes, 334 are 1,002."""
+    server = WerkzeugServer(max_message_size=1000)
+    try:
+        with ScriptedClient(server.url, timeout=10 * UNIT) as client:
+            conn = server.next_connection()
+            client.connection.send("\u20ac" * 333)
+            assert conn.recv(timeout=10 * UNIT) == "\u20ac" * 333
+            if fragment_size is None:
+                client.connection.send("\u20ac" * 334)
+            else:  # cut inside the characters too
+                client.connection.send_fragmented("\u20ac" * 334, fragment_size)
+            report = server.outcome()
+            assert isinstance(report.error, ProtocolError) and report.close_sent == (1009, ""), report
+            assert client.connection.wait_close_frame()[0] == 1009
+    finally:
+        server.close()
+
+
 def test_server_side_close_handshakes_never_reset(werkzeug: WerkzeugServer) -> None:
     for round_number in range(10):
         with ScriptedClient(werkzeug.url, timeout=10 * UNIT) as client:
@@ -432,6 +455,12 @@ BAD_REQUESTS = [
     (
         "GET /ws HTTP/1.1\r\nHost: h\xe9\xff\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        400,
+    ),
+    # A body Werkzeug would decode: whatever followed it could not be handed to the WebSocket.
+    (
+        "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nTransfer-Encoding: chunked\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n0\r\n\r\n",
         400,
     ),
 ]
