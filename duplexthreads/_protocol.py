@@ -238,7 +238,7 @@ class ExitProtocol:
                 raise UsageError(f"connection {self.connection_id} was already started")
             self._enter(Phase.LAUNCHING)
             bodies: Dict[str, Callable[[], WorkerExit]] = {
-                "reader": functools.partial(read_loop, self.transport, self._deliver),
+                "reader": functools.partial(read_loop, self.transport, self._deliver, self.connection_id),
                 "writer": functools.partial(write_loop, self.transport, self.outbound, self.quit),
             }
             for role, target in self._extra.items():
@@ -261,7 +261,7 @@ class ExitProtocol:
             # Typically "can't start new thread": stop the ones that did start, then re-raise.
             with self._lock:
                 self._workers = {role: t for role, t in self._workers.items() if t.ident is not None}
-            self._conclude(ABORTED)
+            self._conclude_or_abandon(ABORTED)
             raise
         with self._lock:
             # A worker that ended, or a close()/abort() that came, while threads were starting
@@ -387,7 +387,7 @@ class ExitProtocol:
             if self._phase is not Phase.NEW:
                 return False
             self._enter(Phase.ENDING)
-        self._conclude(ABORTED)
+        self._conclude_or_abandon(ABORTED)
         return True
 
     def _start_owner_thread(self, first: object) -> None:
@@ -427,6 +427,18 @@ class ExitProtocol:
     def _conclude(self, cause: Cause) -> ExitReport:
         self._stop(cause)
         return self._publish(self._complete(cause))
+
+    def _conclude_or_abandon(self, cause: Cause) -> ExitReport:
+        """Conclude; if that fails or is interrupted (a second Ctrl-C), abandon, then re-raise.
+
+        Either way a report is published: nobody is left waiting for an owner that is gone.
+        """
+        try:
+            return self._conclude(cause)
+        except BaseException as exc:
+            if not self.finished.is_set():
+                self._publish(self._abandon(exc))
+            raise
 
     def _wait_for_cause(self, first: object) -> Cause:
         """Step 1: block until something ends the connection; a close waits for its deadline."""

@@ -35,7 +35,7 @@ def run_worker(role: str, body: Callable[[], WorkerExit], on_exit: Callable[[Wor
         on_exit(report)
 
 
-def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> WorkerExit:
+def read_loop(transport: Transport, deliver: Callable[[Message], None], connection_id: int) -> WorkerExit:
     """Receive until the peer's close frame or an error; hand each message to ``deliver``.
 
     ``deliver`` is the ``on_message`` callback or a put on the inbound queue; an exception it
@@ -52,9 +52,12 @@ def read_loop(transport: Transport, deliver: Callable[[Message], None]) -> Worke
             deliver(item)
         except Sealed:
             return WorkerExit("reader")
-        except ConnectionClosed:
-            # The callback tried to send while we are closing (an echo, say). That is no
-            # failure of the connection: keep reading, so the peer's answer is still seen.
+        except ConnectionClosed as exc:
+            if exc.connection_id != connection_id:
+                # Another connection is closed (a relay's other end): the callback failed.
+                return WorkerExit("reader", error=exc)
+            # The callback tried to send on this connection while it closes (an echo, say).
+            # That is no failure: keep reading, so the peer's answer is still seen.
             continue
 
 

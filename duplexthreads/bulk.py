@@ -13,6 +13,7 @@ from typing import Iterable, List, Sequence
 from ._causes import AbortRequest, close_request
 from ._protocol import EXIT_CLOSE_TIMEOUT, ExitProtocol
 from ._rfc6455 import NORMAL_CLOSURE, check_close_code, check_close_reason
+from .exceptions import UsageError
 from .report import ExitReport
 from .session import Duplex
 
@@ -58,6 +59,10 @@ def end_all(
     one without a limit gets :data:`EXIT_CLOSE_TIMEOUT`). Returns once every connection this
     call took over has published its report; the others are ending under their own owners.
     """
+    for protocol in protocols:
+        # Before touching any: a refusal must leave every connection as it was.
+        if protocol.in_own_thread():
+            raise UsageError("close_all() cannot run in one of the connections' own threads")
     begun: List[ExitProtocol] = []
     concluded = 0
     try:

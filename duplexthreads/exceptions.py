@@ -55,8 +55,12 @@ class ConnectionClosed(DuplexError):
     callback) while teardown is under way, since the report is finished after those threads end.
     """
 
-    def __init__(self, report: Optional[ExitReport], message: Optional[str] = None) -> None:
+    def __init__(
+        self, report: Optional[ExitReport], message: Optional[str] = None, *, connection_id: Optional[int] = None
+    ) -> None:
         self.report = report
+        #: The id of the connection that is closed (the report's, when there is one).
+        self.connection_id = report.connection_id if report is not None else connection_id
         if message is None:
             message = "connection closed" + (f": {report.describe()}" if report is not None else "")
         super().__init__(message)

@@ -276,10 +276,12 @@ class Duplex:
         does, so that when a loop over recv() ends the connection is gone. In one of the
         connection's own threads, or when the timeout runs out first, there is no report yet.
         """
-        report = self._protocol.report_by(deadline)
+        protocol = self._protocol
+        report = protocol.report_by(deadline)
         if report is not None and report.ok:
             return ConnectionClosedOK(report)
-        return ConnectionClosedError(report, None if report is not None else "connection closing")
+        message = None if report is not None else f"connection {protocol.connection_id} closing"
+        return ConnectionClosedError(report, message, connection_id=protocol.connection_id)
 
 
 def check_encodable(text: str) -> None:

@@ -105,14 +105,23 @@ def test_close_all_from_a_callback_is_refused() -> None:
             refused.append(exc)
         done.set()
 
+    # The other connection comes first in the list: the refusal must leave it untouched.
+    other_ours, other_theirs = memory_pair()
+    other = Duplex(other_ours).start()
+    other_peer = MemoryPeer(other_theirs)
     conn = Duplex(ours, on_message=on_message)
-    holder.append(conn)
+    holder.extend([other, conn])
     conn.start()
     peer = MemoryPeer(theirs)
     try:
         peer.send("go")
         assert done.wait(10 * UNIT)
         assert len(refused) == 1
+        assert not other.closed and other_peer.close_frames == []
+        other.send("still open")
+        assert other_peer.wait_messages(1) == ["still open"]
     finally:
         conn.abort()
+        other.abort()
         peer.stop()
+        other_peer.stop()

@@ -36,6 +36,33 @@ def test_a_thread_that_cannot_start_leaves_nothing_behind(monkeypatch: pytest.Mo
     theirs.close()
 
 
+def test_a_second_interrupt_while_a_failed_start_tears_down_still_publishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C while the threads start, and again while that teardown closes the transport.
+    class WriterInterrupted(threading.Thread):
+        def start(self) -> None:
+            if self.name.endswith("-writer"):
+                raise KeyboardInterrupt
+            super().start()
+
+    monkeypatch.setattr(protocol_module.threading, "Thread", WriterInterrupted)
+    ours, theirs = memory_pair()
+    closes = ours.close
+
+    def close_interrupted(timeout: Any = None, *, clean: bool = False) -> None:
+        closes(timeout, clean=clean)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ours, "close", close_interrupted)
+    conn = Duplex(ours)
+    with pytest.raises(KeyboardInterrupt):
+        conn.run()
+    report = conn.report
+    assert report is not None and report.reason is Reason.ABORTED
+    assert conn.wait(5 * UNIT) is report  # nobody waits for an owner that is gone
+    assert [t.name for t in conn.threads() if t.is_alive()] == []
+    theirs.close()
+
+
 def test_run_makes_the_calling_thread_the_owner() -> None:
     ours, theirs = memory_pair()
     conn = Duplex(ours)

@@ -8,7 +8,7 @@ from typing import Any, List
 
 import pytest
 
-from duplexthreads import Duplex, Reason, TransportError
+from duplexthreads import ConnectionClosed, Duplex, Reason, TransportError
 from duplexthreads.transports import memory_pair
 
 from ..timing import UNIT
@@ -192,3 +192,17 @@ def test_worker_that_closes_then_returns_completes_the_handshake(make_pair: Make
     assert peer.received == ["last words"]
     assert (report.reason, report.error, report.close_code) == (Reason.LOCAL_CLOSE, None, 1000)
     assert report.ok
+
+
+def test_a_callback_failing_on_another_closed_connection_ends_this_one(make_pair: MakePair) -> None:
+    # A relay: this connection's callback forwards to another that is already closed.
+    other, _other_peer = make_pair()
+    other.start()
+    other.abort()
+    conn, peer = make_pair(on_message=other.send)
+    conn.start()
+    peer.send("relay me")
+    report = conn.wait(WAIT)
+    assert report.reason is Reason.READ_ERROR and report.close_code == 1011
+    assert isinstance(report.error, ConnectionClosed) and report.error.connection_id == other.id
+    assert peer.wait_close_frame()[0] == 1011
