@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import queue
 import threading
 import time
@@ -107,9 +108,11 @@ class ExitProtocol:
         "_clean",
         "_close_attempted",
         "_closing",
+        "_cut_short",
         "_done",
         "_exits",
         "_extra",
+        "_fin_wait_ends",
         "_forgotten",
         "_lock",
         "_on_message",
@@ -180,6 +183,9 @@ class ExitProtocol:
         self._stopped_at = time.monotonic()  # the start of report.teardown_seconds
         self._clean = False  # the handshake completed and nobody was woken: see _stop
         self._close_attempted = False  # transport.close() is called once, even when abandoning
+        self._cut_short = False  # an abort() came while the ending was already decided
+        # Set while the owner waits for the server to end TCP (read by requesters: see _complete).
+        self._fin_wait_ends: Optional[float] = None
         _registry.register(self)
 
     # -- state -------------------------------------------------------------------------------------
@@ -292,8 +298,12 @@ class ExitProtocol:
         if in_own_thread:
             return None
         # Someone else owns the ending. It reads our request at once (even during a close,
-        # where an earlier deadline shortens the handshake) and publishes within its bounds.
+        # where an earlier deadline shortens the handshake) and publishes within its bounds;
+        # only while it waits for the server to end TCP it reads nothing, so cut that short.
         deadline = request.deadline if isinstance(request, CloseRequest) else time.monotonic()
+        fin_wait_ends = self._fin_wait_ends
+        if fin_wait_ends is not None and (deadline is None or deadline < fin_wait_ends):
+            self.transport.shutdown()
         bound = None if deadline is None else deadline + 2 * WAKE_TIMEOUT
         self.finished.wait(remaining(bound))
         self._join_threads(bound)
@@ -536,7 +546,7 @@ class ExitProtocol:
             bound = deadline_after(WAKE_TIMEOUT)
             if closing.deadline is not None and bound is not None:
                 bound = min(bound, closing.deadline)
-            self._collect_until(lambda: "writer" in self._exits, bound)
+            self._collect_until(lambda: "writer" in self._exits, bound, optional=True)
         # After a complete handshake with reader and writer gone, nothing is blocked in the
         # socket: leave TCP open so the transport can close it cleanly (the server first).
         handshake_done = self._received is not None and self._sent is not None
@@ -548,9 +558,11 @@ class ExitProtocol:
     def _reply_once_writer_stopped(self, reply: Close, writer_busy: bool) -> None:
         """Send the close frame we owe once the writer has stopped, so it is the last frame.
 
-        A writer idle on the queue stops within a wake-up. A writer inside a write may be stuck
-        on a peer that no longer reads; waiting for it would break the promise that a peer's
-        close tears down at once, so then no reply is sent and shutdown() interrupts the write.
+        A writer idle on the queue stops within a wake-up. A writer inside a write finishes
+        its batch first: RFC 6455 asks for the reply, and a peer that closes usually reads on.
+        That wait is a close handshake like any other, bounded by ``close_timeout`` (5 s if
+        the connection has none), and an abort() cuts it short: a writer stuck on a peer that
+        stopped reading then gets no reply behind it, and shutdown() interrupts its write.
         The reply itself is bounded: nothing could wake the owner from a stuck write.
         """
         if self._sent is not None:
@@ -561,8 +573,15 @@ class ExitProtocol:
             return
         if "writer" not in self._exits:
             if writer_busy:
-                return
-            self._collect_until(lambda: "writer" in self._exits, deadline_after(WAKE_TIMEOUT))
+                limit = self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
+                bound = self._stopped_at + limit
+                if self._closing is not None and self._closing.deadline is not None:
+                    bound = min(bound, self._closing.deadline)
+            else:
+                bound = time.monotonic() + WAKE_TIMEOUT
+            self._collect_until(lambda: "writer" in self._exits, bound, optional=True)
+        if self._cut_short:
+            return
         writer = self._exits.get("writer")
         if writer is None or writer.error is not None or writer.close_sent is not None:
             return
@@ -591,21 +610,51 @@ class ExitProtocol:
                 closing_deadline = self._stopped_at + self.close_timeout
             if closing_deadline is not None and backstop is not None:
                 limit = min(backstop, closing_deadline)
+            # From here the owner reads no requests until the server has ended TCP: one that
+            # came since the last read is taken now, and a later one shuts the transport
+            # down itself (see request_end), so an abort() or a shorter close() still counts.
+            self._fin_wait_ends = math.inf if limit is None else limit
+            limit = self._take_late_requests(limit)
         # Never close the socket under a send() still writing to it directly (microseconds).
         self.outbound.wait_direct_done(remaining(backstop))
         self._close_attempted = True
         self.transport.close(remaining(limit), clean=self._clean)
         return self._build_report(cause)
 
-    def _collect_until(self, satisfied: Callable[[], bool], deadline: Optional[float]) -> None:
-        """Take worker reports until ``satisfied()`` or the deadline; requests are moot now."""
-        while not satisfied():
+    def _collect_until(
+        self, satisfied: Callable[[], bool], deadline: Optional[float], *, optional: bool = False
+    ) -> None:
+        """Take worker reports until ``satisfied()`` or the deadline.
+
+        The cause is decided, but a request still counts: a close() with less time shortens
+        the wait, and an abort() sets ``_cut_short``, which ends at once every ``optional``
+        wait (for the reply to the peer's close, for the server to end TCP), now and later.
+        """
+        while not satisfied() and not (optional and self._cut_short):
             try:
                 item = self._done.get(timeout=remaining(deadline))
             except queue.Empty:
                 return
             if isinstance(item, WorkerExit):
                 self._record(item)
+            elif isinstance(item, AbortRequest):
+                self._cut_short = True
+            elif isinstance(item, CloseRequest) and item.deadline is not None:
+                deadline = item.deadline if deadline is None else min(deadline, item.deadline)
+
+    def _take_late_requests(self, limit: Optional[float]) -> Optional[float]:
+        """Read what is on the done queue now, without waiting; return ``limit`` as they cut it."""
+        while True:
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return time.monotonic() if self._cut_short else limit
+            if isinstance(item, WorkerExit):
+                self._record(item)
+            elif isinstance(item, AbortRequest):
+                self._cut_short = True
+            elif isinstance(item, CloseRequest) and item.deadline is not None:
+                limit = item.deadline if limit is None else min(limit, item.deadline)
 
     def _record(self, item: WorkerExit) -> None:
         self._exits[item.role] = item

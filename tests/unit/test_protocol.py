@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import List, Sequence
+import time
+from typing import List, Sequence, Tuple
 
 import pytest
 
@@ -12,6 +13,7 @@ from duplexthreads._protocol import TRANSITIONS, ExitProtocol, IllegalTransition
 from duplexthreads.report import Message
 from duplexthreads.transports import memory_pair
 
+from ..timing import UNIT
 from .support import WAIT, MakePair, memory_transport
 
 pytestmark = pytest.mark.timeout(30)
@@ -109,33 +111,80 @@ def test_wait_inside_the_connections_own_thread_is_a_usage_error(make_pair: Make
     assert report.ok and len(errors) == 1 and "wait for itself" in str(errors[0])
 
 
-def test_an_owner_answering_a_peer_close_never_waits_behind_a_write_that_may_be_stuck(
-    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The writer has taken a batch (and so is marked busy, under the queue's lock) but has not
-    begun writing when the peer's close arrives; its write then meets a peer that stopped
-    reading. The owner must see that the writer is busy, not reply behind it, and shut the
-    transport down at once: the report comes within a wake-up, not after the 2 s backstop."""
-    conn, peer = make_pair()
+def writer_held_mid_batch(conn: Duplex, monkeypatch: pytest.MonkeyPatch) -> Tuple[threading.Event, threading.Event]:
+    """Make the writer take a batch and then wait, busy, until released: (took_batch, release)."""
     ours = memory_transport(conn)
-    took_batch = threading.Event()
+    took_batch, release = threading.Event(), threading.Event()
     original_send_batch = ours.send_batch
 
-    def send_batch_after_the_owner_has_stopped_us(messages: Sequence[Message]) -> None:
+    def send_batch_when_released(messages: Sequence[Message]) -> None:
         took_batch.set()
-        assert conn._protocol.quit.wait(WAIT), "the owner never set quit"
-        original_send_batch(messages)  # blocks: the peer stopped reading; only shutdown ends it
+        assert release.wait(WAIT), "the test never released the writer"
+        original_send_batch(messages)
 
-    monkeypatch.setattr(ours, "send_batch", send_batch_after_the_owner_has_stopped_us)
+    monkeypatch.setattr(ours, "send_batch", send_batch_when_released)
+    monkeypatch.setattr(conn, "_direct_writes", False)  # every message through the writer
+    return took_batch, release
+
+
+def test_a_peer_close_is_answered_once_a_busy_writer_finishes_its_batch(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 6455 asks for the reply; a writer mid-batch to a peer that reads finishes first."""
+    conn, peer = make_pair(close_timeout=5 * UNIT)
+    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
+    conn.start()
+    conn.send("in the batch")
+    assert took_batch.wait(WAIT)
+    memory_transport(conn).peer.send_close(1000, "bye")
+    assert not conn._protocol.finished.wait(0.1)  # the owner waits for the writer...
+    release.set()  # ...which finishes its batch
+    report = conn.wait(WAIT)
+    assert report.reason is Reason.PEER_CLOSED and report.ok
+    assert report.close_sent == (1000, "bye")  # the reply left
+    assert report.written == 1 and peer.wait_messages(1) == ["in the batch"]
+    assert peer.wait_close_frame() == (1000, "bye")
+
+
+def test_the_wait_for_a_stuck_writer_before_answering_a_peer_close_is_bounded(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer has taken a batch (and so is marked busy, under the queue's lock) when the
+    peer's close arrives, and its write meets a peer that stopped reading. The owner waits
+    for it at most close_timeout, then shuts the transport down: no reply behind it."""
+    conn, peer = make_pair(close_timeout=0.3 * UNIT)
+    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
     peer.stop_reading()
     conn.start()
     conn.send("taken, not yet written")
     assert took_batch.wait(WAIT)
-    ours.peer.send_close(1000, "bye")  # straight onto the wire: the peer's reader is not needed
-    report = conn.wait(timeout=1.0)  # the old race made this take the 2 s backstop
+    memory_transport(conn).peer.send_close(1000, "bye")  # straight onto the wire
+    release.set()  # the write now blocks: the peer stopped reading; only shutdown ends it
+    started = time.monotonic()
+    report = conn.wait(timeout=0.3 * UNIT + WAIT)
+    assert time.monotonic() - started < 0.3 * UNIT + 1.0 * UNIT
     assert report.reason is Reason.PEER_CLOSED and report.close_code == 1000
     assert report.written == 0 and report.unsent == ("taken, not yet written",)
-    assert report.close_sent is None  # no reply behind a write that may be stuck
+    assert report.close_sent is None  # no reply behind a write that is stuck
+
+
+def test_an_abort_cuts_short_the_wait_to_answer_a_peer_close(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, peer = make_pair(close_timeout=30 * UNIT)
+    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
+    peer.stop_reading()
+    conn.start()
+    conn.send("stuck")
+    assert took_batch.wait(WAIT)
+    memory_transport(conn).peer.send_close(1000, "bye")
+    release.set()
+    assert not conn._protocol.finished.wait(0.1)  # waiting for the stuck writer, up to 30 s
+    started = time.monotonic()
+    report = conn.abort()
+    assert time.monotonic() - started < 1.0 * UNIT
+    assert report is not None and report.close_sent is None
+    assert report.written + len(report.unsent) == 1
 
 
 def test_any_exception_out_of_a_write_keeps_the_count_exact(
