@@ -105,6 +105,7 @@ class ExitProtocol:
 
     __slots__ = (
         "__weakref__",
+        "_awaiting_finish",
         "_clean",
         "_close_attempted",
         "_closing",
@@ -180,6 +181,7 @@ class ExitProtocol:
         self._received: Optional[Close] = None  # the peer's close frame
         self._sent: Optional[Close] = None  # our close frame, once completely written
         self._pending_cause: Optional[Cause] = None  # end_all(): decided, not yet completed
+        self._awaiting_finish = False  # end_all() began the ending and has not finished it yet
         self._stopped_at = time.monotonic()  # the start of report.teardown_seconds
         self._clean = False  # the handshake completed and nobody was woken: see _stop
         self._close_attempted = False  # transport.close() is called once, even when abandoning
@@ -291,6 +293,8 @@ class ExitProtocol:
         if self._tear_down_if_new():
             return self._report
         in_own_thread = self.in_own_thread()
+        if not in_own_thread and self._take_over_pending():
+            return self._finish_pending(request)
         if self._claim_or_post(request):
             if not in_own_thread:
                 return self._own(request)
@@ -331,21 +335,38 @@ class ExitProtocol:
         except BaseException as exc:
             self._publish(self._abandon(exc))
             raise
+        with self._lock:
+            self._awaiting_finish = True
         return True
 
-    def finish_ending(self, abort: bool = False) -> ExitReport:
+    def finish_ending(self, abort: bool = False) -> Optional[ExitReport]:
         """``end_all()``'s second half, after :meth:`start_ending` returned True.
 
         ``abort=True`` cuts short a close still waiting for the peer (Ctrl-C in end_all).
+        Returns None without waiting if a close()/abort() from another thread took the ending
+        over in the meantime (see :meth:`_take_over_pending`).
         """
+        if not self._take_over_pending():
+            return None
+        return self._finish_pending(AbortRequest() if abort else None)
+
+    def _take_over_pending(self) -> bool:
+        """Claim the second half of an ending end_all() began; True for the one thread that does.
+
+        end_all() finishes its connections one after another, so a connection it began may wait
+        its turn while a close with a peer that is slow to answer runs: a close()/abort() from
+        another thread meanwhile takes it over, rather than post a request nobody reads yet.
+        """
+        with self._lock:
+            taken, self._awaiting_finish = self._awaiting_finish, False
+            return taken
+
+    def _finish_pending(self, request: object) -> ExitReport:
         cause = self._pending_cause
-        if cause is None and not abort:
-            return self._own(None)  # a close: wait for the peer's answer
+        if cause is None:
+            return self._own(request)  # a close under way: wait for the answer, or the request
         try:
-            if cause is None:
-                cause = ABORTED
-                self._stop(cause)
-            return self._publish(self._complete(cause))
+            return self._publish(self._complete(cause))  # an abort: stopped already
         except BaseException as exc:
             if not self.finished.is_set():
                 self._publish(self._abandon(exc))

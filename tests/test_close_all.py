@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Iterator, List
 
 import pytest
@@ -125,3 +126,32 @@ def test_close_all_from_a_callback_is_refused() -> None:
         other.abort()
         peer.stop()
         other_peer.stop()
+
+
+@pytest.mark.parametrize("second", ["abort", "short close"])
+def test_a_connection_waiting_its_turn_in_close_all_can_be_ended_from_another_thread(second: str) -> None:
+    # close_all() finishes one connection after another: while the first waits for a silent
+    # peer, the second's ending must not wait for its turn.
+    pairs = [memory_pair(), memory_pair()]
+    conns = [Duplex(ours, close_timeout=timeout).start() for (ours, _), timeout in zip(pairs, (1.0, 20.0))]
+    peers = [MemoryPeer(theirs) for _, theirs in pairs]
+    for peer in peers:
+        peer.go_silent()
+    closer = threading.Thread(target=duplexthreads.close_all, args=(conns,))
+    closer.start()
+    try:
+        for peer in peers:
+            peer.wait_close_frame()  # close_all() has begun both
+        started = time.monotonic()
+        report = conns[1].abort() if second == "abort" else conns[1].close(timeout=0.2)
+        assert time.monotonic() - started < 0.2 + 0.5 * UNIT
+        assert report is not None and report is conns[1].report
+        assert report.reason is (Reason.ABORTED if second == "abort" else Reason.LOCAL_CLOSE)
+        assert not conns[0].closed  # still waiting for its silent peer, up to 1 s
+    finally:
+        closer.join(10 * UNIT)
+        for conn, peer in zip(conns, peers):
+            conn.abort()
+            peer.stop()
+    assert not closer.is_alive()
+    assert conns[0].report is not None and conns[0].report.reason is Reason.LOCAL_CLOSE
