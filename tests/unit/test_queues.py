@@ -230,3 +230,20 @@ def test_discard_when_full_releases_a_blocked_put_and_counts_what_does_not_fit(c
     assert q.drain() == ["a"] and q.discarded == 2
     q.put("d")  # room again: kept
     assert q.drain() == ["d"] and q.discarded == 2
+
+
+def test_a_direct_write_wakes_the_consumer_only_when_it_has_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Waking an idle writer after every direct write cost a thread switch per message.
+    q: SealableQueue[str] = SealableQueue(4)
+    q.allow_direct()
+    wakes: List[str] = []
+    notify_all = q.not_empty.notify_all
+    monkeypatch.setattr(q.not_empty, "notify_all", lambda: (wakes.append("wake"), notify_all())[1])
+    assert q.claim_direct()
+    q.release_direct("a", None, complete=True)
+    assert wakes == [] and q.direct_written == 1  # nothing for anyone to do
+    assert q.claim_direct()
+    q.put("b")  # queued behind the direct write: the consumer must take it after
+    wakes.clear()
+    q.release_direct("c", None, complete=True)
+    assert wakes == ["wake"]
