@@ -35,7 +35,8 @@ def encode(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytes": base64.b64encode(value).decode("ascii")}
+        # bytes() first: a memoryview need not be contiguous, and base64 refuses one that is not.
+        return {"bytes": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, tuple):
         return {"tuple": [encode(item) for item in value]}
     if isinstance(value, list):

@@ -176,8 +176,14 @@ def _patterns(name: str, patterns: Iterable[str]) -> List[Pattern[str]]:
         raise TypeError(f"{name} must be a list of regular expressions, not {type(patterns).__name__}")
     compiled: List[Pattern[str]] = []
     for pattern in patterns:
+        if isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str):
+            compiled.append(pattern)
+            continue
         if not isinstance(pattern, str):
-            raise TypeError(f"{name}: each pattern must be a str, not {pattern!r} ({type(pattern).__name__})")
+            raise TypeError(
+                f"{name}: each pattern must be a str or a compiled str pattern, not {pattern!r} "
+                f"({type(pattern).__name__})"
+            )
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:

@@ -389,6 +389,18 @@ class HandshakeSocket:
                 f"{self.url}: invalid WebSocket handshake: a header of the answer is not UTF-8: "
                 f"{head[max(0, exc.start - 20) : exc.end + 20]!r}"
             ) from None
+        for line in head.split(b"\n")[1:]:
+            if line in (b"", b"\r"):
+                break  # the end of the head
+            if line[:1] in (b" ", b"\t"):
+                # Obsolete line folding, or a line of only spaces: the backends disagree on
+                # where such a head ends (websocket-client stops at the blank-looking line, h11
+                # folds it into the header before), so neither may decide alone. RFC 7230 (3.2.4)
+                # lets a client refuse it.
+                raise ConnectError(
+                    f"{self.url}: invalid WebSocket handshake: a header line of the answer begins "
+                    f"with white space (obsolete line folding): {line[:60]!r}"
+                )
         counts = _header_counts(head)
         if counts.get(b"sec-websocket-extensions"):
             raise ConnectError(
@@ -457,7 +469,8 @@ def reraise(error: BaseException, cause: BaseException) -> NoReturn:
 def status_of(answer: bytes) -> Optional[int]:
     """The HTTP status in the first line of ``answer``; 0 if it is not HTTP; None if cut short."""
     line, newline, _ = bytes(answer).partition(b"\n")
-    match = re.match(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r?$)", line)
+    # HTTP/1.0 and HTTP/1.1 only: an upgrade is an HTTP/1 thing (h11 refuses other versions).
+    match = re.match(rb"HTTP/1\.[01] (\d{3})(?: |\r?$)", line)
     if match:
         return int(match.group(1))
     if not newline and b"HTTP/".startswith(line[:5]):

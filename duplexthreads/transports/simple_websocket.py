@@ -381,9 +381,13 @@ class SimpleWebSocketTransport(Transport):
         if method != "GET":
             # simple-websocket rebuilds the request as a GET whatever it was (RFC 6455 4.2.1).
             raise HandshakeRejected(400, f"a WebSocket upgrade must be a GET request, not {method}")
-        if werkzeug and environ.get("HTTP_TRANSFER_ENCODING"):
+        if environ.get("HTTP_TRANSFER_ENCODING"):
             # Werkzeug would read it through a decoder: what follows could not be taken below.
             raise HandshakeRejected(400, "a WebSocket upgrade request has no body (it has a Transfer-Encoding)")
+        if str(environ.get("CONTENT_LENGTH") or "0").strip() != "0":
+            # A proxy would pass those bytes on as the request's body; here they would be read
+            # as the client's first frames. Refused, so that both read the connection alike.
+            raise HandshakeRejected(400, "a WebSocket upgrade request has no body (it has a Content-Length)")
         ahead = _read_ahead(environ.get("wsgi.input"), raw) if werkzeug else b""
         raw.settimeout(None)
         guard = _GuardedSocket(raw)

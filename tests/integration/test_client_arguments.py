@@ -308,6 +308,21 @@ CANNED_ANSWERS = {
     ),
     # A four-digit status is no HTTP status: not HTTP on both (websocket-client said 1010).
     "status-1010": "HTTP/1.1 1010 Switching\r\nUpgrade: websocket\r\n\r\n",
+    # An upgrade is HTTP/1: websocket-client took this, h11 refused it.
+    "http2-status": (
+        "HTTP/2 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ),
+    # Obsolete line folding: h11 folds the line into X-Foo, websocket-client refused it.
+    "obs-fold": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\nX-Foo: a\r\n b\r\n\r\n"
+    ),
+    # websocket-client ended the head at the line of spaces, opened, and read the rest as frames.
+    "blank-looking-line-then-extension": (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: {accept}\r\n \r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    ),
 }
 
 # (the canned answer, the options, the exception expected, its status if HandshakeRejected)
@@ -329,6 +344,9 @@ ANSWERS: List[Tuple[str, Dict[str, Any], Type[Exception], Optional[int]]] = [
     ("subprotocol-twice", {"subprotocols": ["chat", "superchat"]}, ConnectError, None),
     ("non-utf8-header-in-101", {}, ConnectError, None),
     ("status-1010", {}, HandshakeRejected, 0),
+    ("http2-status", {}, HandshakeRejected, 0),
+    ("obs-fold", {}, ConnectError, None),
+    ("blank-looking-line-then-extension", {}, ConnectError, None),
 ]
 
 

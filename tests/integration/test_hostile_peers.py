@@ -463,6 +463,12 @@ BAD_REQUESTS = [
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n0\r\n\r\n",
         400,
     ),
+    # A body a proxy would pass on as the request's, which would be read here as frames.
+    (
+        "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 6\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x81\x80abcd",
+        400,
+    ),
 ]
 
 

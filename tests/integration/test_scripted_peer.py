@@ -633,6 +633,15 @@ def test_send_sends_unmasked_text_and_binary(shared_peer: ScriptedPeer) -> None:
     finish(wire, remote)
 
 
+def test_send_takes_any_bytes_like_message_in_both_modes(shared_peer: ScriptedPeer) -> None:
+    wire, remote = accepted(shared_peer, "/send-views")
+    remote.send(memoryview(b"abcdef")[::2])  # not contiguous: the isolated mode refused it
+    remote.send(bytearray(b"xy"))
+    frames = [wire.read_frame() for _ in range(2)]
+    assert [(f.opcode, f.payload) for f in frames] == [(BINARY, b"ace"), (BINARY, b"xy")]
+    finish(wire, remote)
+
+
 def test_send_fragmented_cuts_anywhere_even_inside_a_character(shared_peer: ScriptedPeer) -> None:
     wire, remote = accepted(shared_peer, "/fragments")
     text = "añb€c"  # 1 + 2 + 1 + 3 + 1 bytes

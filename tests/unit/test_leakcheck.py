@@ -6,6 +6,7 @@ import _thread
 import math
 import mmap
 import os
+import re
 import threading
 from typing import Iterator, List
 
@@ -413,6 +414,12 @@ def test_a_str_pattern_no_longer_lets_a_leak_pass(parked: List[Parked]) -> None:
 def test_bad_patterns_are_refused_with_the_argument_named(name: str, patterns: object, error: type) -> None:
     with pytest.raises(error, match=name):
         LeakCheck(**{name: patterns})  # type: ignore[arg-type]
+
+
+def test_compiled_patterns_are_taken_as_they_are() -> None:
+    compiled = re.compile("^x", re.IGNORECASE)
+    check = LeakCheck(ignore_threads=[compiled, "^y"])
+    assert check.ignore_threads[0] is compiled and check.ignore_threads[1].pattern == "^y"
 
 
 def test_patterns_may_come_in_any_iterable() -> None:
