@@ -110,10 +110,10 @@ class ExitProtocol:
         "_close_attempted",
         "_closing",
         "_cut_short",
+        "_deaf_until",
         "_done",
         "_exits",
         "_extra",
-        "_fin_wait_ends",
         "_forgotten",
         "_lock",
         "_on_message",
@@ -122,6 +122,7 @@ class ExitProtocol:
         "_phase",
         "_received",
         "_report",
+        "_requested_deadline",
         "_sent",
         "_stopped_at",
         "_workers",
@@ -186,8 +187,13 @@ class ExitProtocol:
         self._clean = False  # the handshake completed and nobody was woken: see _stop
         self._close_attempted = False  # transport.close() is called once, even when abandoning
         self._cut_short = False  # an abort() came while the ending was already decided
-        # Set while the owner waits for the server to end TCP (read by requesters: see _complete).
-        self._fin_wait_ends: Optional[float] = None
+        # The earliest deadline of the close()/abort() requests the owner has read since the
+        # cause was decided (an abort's is the moment it came).
+        self._requested_deadline: Optional[float] = None
+        # Set while the owner is in a write or wait that reads no requests (the reply to the
+        # peer's close, the wait for the server to end TCP), until when it may last: read by
+        # request_end(), whose caller cuts it short by shutting the transport down.
+        self._deaf_until: Optional[float] = None
         _registry.register(self)
 
     # -- state -------------------------------------------------------------------------------------
@@ -302,11 +308,11 @@ class ExitProtocol:
         if in_own_thread:
             return None
         # Someone else owns the ending. It reads our request at once (even during a close,
-        # where an earlier deadline shortens the handshake) and publishes within its bounds;
-        # only while it waits for the server to end TCP it reads nothing, so cut that short.
+        # where an earlier deadline shortens the handshake) and publishes within its bounds.
+        # Only in a write or wait that reads no requests may it miss our deadline: once that
+        # has passed, end such a write or wait here, by shutting the transport down.
         deadline = request.deadline if isinstance(request, CloseRequest) else time.monotonic()
-        fin_wait_ends = self._fin_wait_ends
-        if fin_wait_ends is not None and (deadline is None or deadline < fin_wait_ends):
+        if not self.finished.wait(remaining(deadline)) and self._deaf_until is not None:
             self.transport.shutdown()
         bound = None if deadline is None else deadline + 2 * WAKE_TIMEOUT
         self.finished.wait(remaining(bound))
@@ -592,24 +598,29 @@ class ExitProtocol:
         # on the wire, a close frame now would land inside it.
         if not self.outbound.wait_direct_done(WAKE_TIMEOUT) or self.outbound.partial_frame_pending():
             return
+        # The handshake's own bound: close_timeout from the cause (5 s without one), or the
+        # deadline of the close under way, whichever comes first.
+        budget = self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
+        handshake_ends = self._stopped_at + budget
+        if self._closing is not None and self._closing.deadline is not None:
+            handshake_ends = min(handshake_ends, self._closing.deadline)
         if "writer" not in self._exits:
-            if writer_busy:
-                limit = self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
-                bound = self._stopped_at + limit
-                if self._closing is not None and self._closing.deadline is not None:
-                    bound = min(bound, self._closing.deadline)
-            else:
-                bound = time.monotonic() + WAKE_TIMEOUT
-            self._collect_until(lambda: "writer" in self._exits, bound, optional=True)
+            wait_until = handshake_ends if writer_busy else time.monotonic() + WAKE_TIMEOUT
+            self._collect_until(lambda: "writer" in self._exits, wait_until, optional=True)
         if self._cut_short:
             return
         writer = self._exits.get("writer")
         if writer is None or writer.error is not None or writer.close_sent is not None:
             return
+        limit = self._go_deaf(min(time.monotonic() + WAKE_TIMEOUT, handshake_ends))
         try:
-            self.transport.send_close(*reply, timeout=WAKE_TIMEOUT)
+            if self._cut_short:
+                return
+            self.transport.send_close(*reply, timeout=remaining(limit))
         except TransportError:
             return  # the peer is gone or not reading; the report says how the connection ended
+        finally:
+            self._deaf_until = None
         self._sent = reply
 
     def _complete(self, cause: Cause) -> ExitReport:
@@ -631,15 +642,15 @@ class ExitProtocol:
                 closing_deadline = self._stopped_at + self.close_timeout
             if closing_deadline is not None and backstop is not None:
                 limit = min(backstop, closing_deadline)
-            # From here the owner reads no requests until the server has ended TCP: one that
-            # came since the last read is taken now, and a later one shuts the transport
-            # down itself (see request_end), so an abort() or a shorter close() still counts.
-            self._fin_wait_ends = math.inf if limit is None else limit
-            limit = self._take_late_requests(limit)
+            # From here the owner reads no requests until the server has ended TCP.
+            limit = self._go_deaf(limit)
         # Never close the socket under a send() still writing to it directly (microseconds).
         self.outbound.wait_direct_done(remaining(backstop))
         self._close_attempted = True
-        self.transport.close(remaining(limit), clean=self._clean)
+        try:
+            self.transport.close(remaining(limit), clean=self._clean)
+        finally:
+            self._deaf_until = None
         return self._build_report(cause)
 
     def _collect_until(
@@ -658,24 +669,45 @@ class ExitProtocol:
                 return
             if isinstance(item, WorkerExit):
                 self._record(item)
-            elif isinstance(item, AbortRequest):
-                self._cut_short = True
-            elif isinstance(item, CloseRequest) and item.deadline is not None:
-                deadline = item.deadline if deadline is None else min(deadline, item.deadline)
+            else:
+                self._note_request(item)
+                requested = self._requested_deadline
+                if requested is not None:
+                    deadline = requested if deadline is None else min(deadline, requested)
 
-    def _take_late_requests(self, limit: Optional[float]) -> Optional[float]:
-        """Read what is on the done queue now, without waiting; return ``limit`` as they cut it."""
+    def _go_deaf(self, limit: Optional[float]) -> Optional[float]:
+        """Before a write or wait that reads no requests: say so, then read what came already.
+
+        Returns ``limit`` cut by every request read so far. In that order, a request posted
+        meanwhile is either read here or finds ``_deaf_until`` set (see request_end).
+        """
+        self._deaf_until = math.inf if limit is None else limit
         while True:
             try:
                 item = self._done.get_nowait()
             except queue.Empty:
-                return time.monotonic() if self._cut_short else limit
+                break
             if isinstance(item, WorkerExit):
                 self._record(item)
-            elif isinstance(item, AbortRequest):
-                self._cut_short = True
-            elif isinstance(item, CloseRequest) and item.deadline is not None:
-                limit = item.deadline if limit is None else min(limit, item.deadline)
+            else:
+                self._note_request(item)
+        requested = self._requested_deadline
+        if requested is not None:
+            limit = requested if limit is None else min(limit, requested)
+        return limit
+
+    def _note_request(self, item: object) -> None:
+        """A close()/abort() that came after the cause: it can only cut what is left short."""
+        if isinstance(item, AbortRequest):
+            self._cut_short = True
+            deadline: Optional[float] = time.monotonic()
+        elif isinstance(item, CloseRequest):
+            deadline = item.deadline
+        else:
+            return
+        if deadline is not None:
+            current = self._requested_deadline
+            self._requested_deadline = deadline if current is None else min(current, deadline)
 
     def _record(self, item: WorkerExit) -> None:
         self._exits[item.role] = item

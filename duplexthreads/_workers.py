@@ -53,7 +53,7 @@ def read_loop(transport: Transport, deliver: Callable[[Message], None], connecti
         except Sealed:
             return WorkerExit("reader")
         except ConnectionClosed as exc:
-            if exc.connection_id != connection_id:
+            if getattr(exc, "connection_id", None) != connection_id:  # a subclass may skip __init__
                 # Another connection is closed (a relay's other end): the callback failed.
                 return WorkerExit("reader", error=exc)
             # The callback tried to send on this connection while it closes (an echo, say).

@@ -76,9 +76,14 @@ def end_all(
         for protocol in begun:
             protocol.finish_ending()
             concluded += 1
-    finally:
-        # Only after an exception (Ctrl-C, say): the connections this call took over are
-        # still ours to end, and nobody else will.
+    except BaseException:
+        # Ctrl-C, say: the connections this call took over are still ours to end, and nobody
+        # else will. Each is tried even if another Ctrl-C comes: a failed one abandons itself
+        # and publishes its report, and the first exception is the one that propagates.
         for protocol in begun[concluded:]:
-            if not protocol.finished.is_set():
-                protocol.finish_ending(abort=True)
+            try:
+                if not protocol.finished.is_set():
+                    protocol.finish_ending(abort=True)
+            except BaseException:  # noqa: BLE001 - the rest must still be ended
+                continue
+        raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -155,3 +155,33 @@ def test_a_connection_waiting_its_turn_in_close_all_can_be_ended_from_another_th
             peer.stop()
     assert not closer.is_alive()
     assert conns[0].report is not None and conns[0].report.reason is Reason.LOCAL_CLOSE
+
+
+def test_a_second_ctrl_c_while_close_all_cleans_up_still_ends_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplexthreads._protocol import ExitProtocol
+
+    pairs = [memory_pair() for _ in range(3)]
+    conns = [Duplex(ours, close_timeout=20.0).start() for ours, _ in pairs]
+    peers = [MemoryPeer(theirs) for _, theirs in pairs]
+    for peer in peers:
+        peer.go_silent()  # every close waits: Ctrl-C comes while close_all() waits on the first
+    first = conns[0]._protocol
+    real_finish = ExitProtocol.finish_ending
+
+    def finish_ending(self: ExitProtocol, abort: bool = False) -> Any:
+        if self is first:
+            raise KeyboardInterrupt  # the first Ctrl-C, then a second in the cleanup
+        return real_finish(self, abort)
+
+    monkeypatch.setattr(ExitProtocol, "finish_ending", finish_ending)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            duplexthreads.close_all(conns)
+        for conn in conns[1:]:  # ended by the cleanup, although it was interrupted on the first
+            report = conn.report
+            assert report is not None and report.reason is Reason.ABORTED
+    finally:
+        monkeypatch.undo()
+        for conn, peer in zip(conns, peers):
+            conn.abort()
+            peer.stop()

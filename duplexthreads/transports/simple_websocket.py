@@ -531,6 +531,24 @@ class SimpleWebSocketTransport(Transport):
         raw = self._guard.raw
         thread = self._thread
         own_thread = thread is threading.current_thread()
+        try:
+            self._wait_before_closing(raw, thread, own_thread, deadline, clean)
+        except BaseException:
+            # Interrupted in a wait (Ctrl-C): close() is called once, and must still close;
+            # the backend thread, if still reading, is woken to end.
+            self.shutdown()
+            raise
+        finally:
+            close_without_reset(raw)
+            if self._werkzeug:
+                # Werkzeug still holds the descriptor (its request file): it must not read from it.
+                _mark_ended(raw)
+        if not thread.is_alive():
+            self._release()
+
+    def _wait_before_closing(
+        self, raw: socket.socket, thread: threading.Thread, own_thread: bool, deadline: Optional[float], clean: bool
+    ) -> None:
         if clean and self._is_client and not own_thread:
             # RFC 6455 7.1.1: the server closes TCP first. The backend thread has normally ended
             # with the close frame; if it is still reading, the server's FIN ends it.
@@ -549,12 +567,6 @@ class SimpleWebSocketTransport(Transport):
             # explicitly; otherwise the client would wait for it and the WSGI server, reading
             # for a next request, would wait for the client.
             _end_sending(raw)
-        close_without_reset(raw)
-        if self._werkzeug:
-            # Werkzeug still holds the descriptor (its request file): it must not read from it.
-            _mark_ended(raw)
-        if not thread.is_alive():
-            self._release()
 
     def forget(self) -> None:
         # Closing our descriptor only drops this process's reference: no FIN, no shutdown, and

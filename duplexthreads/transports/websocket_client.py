@@ -128,12 +128,15 @@ class WebSocketClientTransport(Transport):
         shutdown_quietly(self._sock)
 
     def close(self, timeout: Optional[float] = None, *, clean: bool = False) -> None:
-        if clean:
-            # RFC 6455 7.1.1: after the close handshake the server closes TCP first; the client
-            # waits for that (so the server, not us, holds TIME_WAIT), within what is left.
-            await_end_of_stream(self._sock, deadline_after(timeout))
-        close_without_reset(self._sock)
-        self._reader.release()
+        try:
+            if clean:
+                # RFC 6455 7.1.1: after the close handshake the server closes TCP first; the
+                # client waits for that (so the server, not us, holds TIME_WAIT), within what is left.
+                await_end_of_stream(self._sock, deadline_after(timeout))
+        finally:
+            # Even if the wait was interrupted (Ctrl-C): close() is called once, and must close.
+            close_without_reset(self._sock)
+            self._reader.release()
 
     def forget(self) -> None:
         # Closing our descriptor only drops this process's reference: no FIN, no shutdown, and

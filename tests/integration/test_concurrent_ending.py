@@ -37,7 +37,7 @@ def test_a_second_caller_cuts_short_the_wait_for_the_server_to_end_tcp(
         assert remote.wait_close_frame(timeout=10 * UNIT) == (1000, "")
         # The handshake is complete; the first close() now waits for the server to end TCP.
         deadline = time.monotonic() + 10 * UNIT
-        while conn._protocol._fin_wait_ends is None:
+        while conn._protocol._deaf_until is None:
             assert time.monotonic() < deadline, "the first close() never waited for the server's FIN"
             time.sleep(0.005)
         started = time.monotonic()
@@ -47,3 +47,41 @@ def test_a_second_caller_cuts_short_the_wait_for_the_server_to_end_tcp(
     finally:
         closer.join(10 * UNIT)
     assert not closer.is_alive() and first == [report]
+
+
+def test_a_second_close_with_enough_time_lets_the_server_end_tcp_first(backend: str) -> None:
+    # Less time than the first close, but more than the server needs: nothing is cut short.
+    with ScriptedPeer(linger_after_close=0.3, timeout=20 * UNIT) as peer:
+        conn = duplexthreads.connect(peer.url, backend=backend, close_timeout=5.0)
+        remote = peer.next_connection(timeout=10 * UNIT)
+        closer = threading.Thread(target=conn.close)
+        closer.start()
+        try:
+            assert remote.wait_close_frame(timeout=10 * UNIT) == (1000, "")
+            report = conn.close(timeout=3.0)
+            assert report is not None and report.ok
+            assert remote.wait_ended(timeout=10 * UNIT) and remote.first_to_end_tcp == "server"
+        finally:
+            closer.join(10 * UNIT)
+        assert not closer.is_alive()
+
+
+def test_ctrl_c_while_waiting_for_the_server_to_end_tcp_still_closes_the_socket(
+    lingering_peer: ScriptedPeer, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duplexthreads.transports import _sockets, simple_websocket, websocket_client
+
+    def interrupted(sock: object, deadline: object) -> None:
+        raise KeyboardInterrupt  # as if Ctrl-C landed in the wait
+
+    for module in (_sockets, simple_websocket, websocket_client):
+        if hasattr(module, "await_end_of_stream"):
+            monkeypatch.setattr(module, "await_end_of_stream", interrupted)
+    conn = duplexthreads.connect(lingering_peer.url, backend=backend)
+    lingering_peer.next_connection(timeout=10 * UNIT)
+    with pytest.raises(KeyboardInterrupt):
+        conn.close()
+    report = conn.report
+    assert report is not None and conn.closed
+    raw = getattr(conn.transport, "_sock", None) or conn.transport._guard.raw  # type: ignore[attr-defined]
+    assert raw.fileno() == -1  # closed once, although the wait before it was interrupted

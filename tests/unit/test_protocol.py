@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -242,3 +242,24 @@ def test_close_frame_fields_record_what_was_exchanged(make_pair: MakePair) -> No
     assert report is not None
     assert report.close_sent == (4001, "done") and report.close_received == (4001, "done")
     assert peer.close_frames == [(4001, "done")]
+
+
+@pytest.mark.parametrize("second", [None, "abort", "short close"])
+def test_the_reply_to_a_peer_close_is_bounded_by_close_timeout_and_cut_by_a_second_caller(
+    make_pair: MakePair, second: Optional[str]
+) -> None:
+    # The peer closes and stops reading: our reply (the writer is idle) blocks on it. It used
+    # to get a fixed 2 s that neither close_timeout nor another caller could shorten.
+    conn, peer = make_pair(close_timeout=0.4 * UNIT)
+    conn.start()
+    peer.stop_reading()
+    started = time.monotonic()
+    peer.close(1000, "bye")
+    if second is not None:
+        assert not conn._protocol.finished.wait(0.1 * UNIT)  # the owner is in the reply
+        called = time.monotonic()
+        report = conn.abort() if second == "abort" else conn.close(timeout=0.05)
+        assert report is not None and time.monotonic() - called < 0.05 + 0.2 * UNIT
+    report = conn.wait(WAIT)
+    assert time.monotonic() - started < 0.4 * UNIT + 0.3 * UNIT
+    assert report.reason is Reason.PEER_CLOSED and report.close_sent is None

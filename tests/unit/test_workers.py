@@ -206,3 +206,18 @@ def test_a_callback_failing_on_another_closed_connection_ends_this_one(make_pair
     assert report.reason is Reason.READ_ERROR and report.close_code == 1011
     assert isinstance(report.error, ConnectionClosed) and report.error.connection_id == other.id
     assert peer.wait_close_frame()[0] == 1011
+
+
+def test_a_connection_closed_subclass_that_skips_init_is_the_reported_error(make_pair: MakePair) -> None:
+    class Closed(ConnectionClosed):
+        def __init__(self) -> None:  # no super().__init__(): no connection_id
+            Exception.__init__(self, "mine")
+
+    def on_message(message: object) -> None:
+        raise Closed()
+
+    conn, peer = make_pair(on_message=on_message)
+    conn.start()
+    peer.send("x")
+    report = conn.wait(WAIT)
+    assert isinstance(report.error, Closed) and report.close_code == 1011
