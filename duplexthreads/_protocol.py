@@ -658,22 +658,19 @@ class ExitProtocol:
     ) -> None:
         """Take worker reports until ``satisfied()`` or the deadline.
 
-        The cause is decided, but a request still counts: a close() with less time shortens
-        the wait, and an abort() sets ``_cut_short``, which ends at once every ``optional``
-        wait (for the reply to the peer's close, for the server to end TCP), now and later.
+        The cause is decided, but a request still counts in an ``optional`` wait (for the
+        writer before replying to the peer's close): a close() with less time shortens it, an
+        abort() ends it. A wait that is not optional, for the workers' last reports, is never
+        shortened: they come within microseconds, and the accounting needs them.
         """
         while not satisfied() and not (optional and self._cut_short):
             try:
                 item = self._done.get(timeout=remaining(deadline))
             except queue.Empty:
                 return
-            if isinstance(item, WorkerExit):
-                self._record(item)
-            else:
-                self._note_request(item)
-                requested = self._requested_deadline
-                if requested is not None:
-                    deadline = requested if deadline is None else min(deadline, requested)
+            self._take_late(item)
+            if optional:
+                deadline = self._within_requests(deadline)
 
     def _go_deaf(self, limit: Optional[float]) -> Optional[float]:
         """Before a write or wait that reads no requests: say so, then read what came already.
@@ -684,17 +681,23 @@ class ExitProtocol:
         self._deaf_until = math.inf if limit is None else limit
         while True:
             try:
-                item = self._done.get_nowait()
+                self._take_late(self._done.get_nowait())
             except queue.Empty:
-                break
-            if isinstance(item, WorkerExit):
-                self._record(item)
-            else:
-                self._note_request(item)
+                return self._within_requests(limit)
+
+    def _take_late(self, item: object) -> None:
+        """An item read after the cause was decided: a worker's report, or a request."""
+        if isinstance(item, WorkerExit):
+            self._record(item)
+        else:
+            self._note_request(item)
+
+    def _within_requests(self, limit: Optional[float]) -> Optional[float]:
+        """``limit``, or the earliest deadline a close()/abort() read so far asked for."""
         requested = self._requested_deadline
-        if requested is not None:
-            limit = requested if limit is None else min(limit, requested)
-        return limit
+        if requested is None:
+            return limit
+        return requested if limit is None else min(limit, requested)
 
     def _note_request(self, item: object) -> None:
         """A close()/abort() that came after the cause: it can only cut what is left short."""

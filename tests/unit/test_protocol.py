@@ -10,7 +10,7 @@ import pytest
 
 from duplexthreads import ConnectionClosedOK, Duplex, DuplexError, Reason, UsageError, _registry
 from duplexthreads._protocol import TRANSITIONS, ExitProtocol, IllegalTransition, Phase
-from duplexthreads.report import Message
+from duplexthreads.report import ExitReport, Message
 from duplexthreads.transports import memory_pair
 
 from ..timing import UNIT
@@ -263,3 +263,34 @@ def test_the_reply_to_a_peer_close_is_bounded_by_close_timeout_and_cut_by_a_seco
     report = conn.wait(WAIT)
     assert time.monotonic() - started < 0.4 * UNIT + 0.3 * UNIT
     assert report.reason is Reason.PEER_CLOSED and report.close_sent is None
+
+
+def test_an_abort_never_cuts_short_the_wait_for_the_workers_last_reports(
+    make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer holds a batch when the peer closes; an abort() ends the wait to reply, but the
+    # report must still wait (within the backstop) for the writer to hand that batch back.
+    conn, _peer = make_pair(close_timeout=30 * UNIT)
+    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
+    conn.start()
+    conn.send("held by the writer")
+    assert took_batch.wait(WAIT)
+    memory_transport(conn).peer.send_close(1000, "bye")
+    assert not conn._protocol.finished.wait(0.1)  # waiting for the writer, to reply
+    releaser = threading.Timer(0.3 * UNIT, release.set)
+    releaser.start()
+    aborted: List[Optional[ExitReport]] = []
+    aborter = threading.Thread(target=lambda: aborted.append(conn.abort()))
+    aborter.start()
+    try:
+        deadline = time.monotonic() + WAIT
+        while conn._protocol.phase is not Phase.ENDING:  # the owner is collecting the reports
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        # A request that comes now must not end that collection early.
+        report = conn.close(timeout=0.01)
+    finally:
+        releaser.join(WAIT)
+        aborter.join(WAIT)
+    assert report is not None and aborted == [report]
+    assert report.written + len(report.unsent) == 1, report  # the writer's batch is accounted for
