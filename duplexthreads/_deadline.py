@@ -11,12 +11,18 @@ import threading
 import time
 from typing import Optional
 
-__all__ = ["deadline_after", "remaining", "timeout_arg"]
+__all__ = ["deadline_after", "earliest", "remaining", "timeout_arg"]
 
 
 def deadline_after(timeout: Optional[float]) -> Optional[float]:
     """The moment ``timeout`` seconds from now; None (no limit) stays None."""
     return None if timeout is None else time.monotonic() + timeout
+
+
+def earliest(*deadlines: Optional[float]) -> Optional[float]:
+    """The first of ``deadlines`` to come; None (no limit) only if every one is None."""
+    limits = [deadline for deadline in deadlines if deadline is not None]
+    return min(limits) if limits else None
 
 
 def remaining(deadline: Optional[float]) -> Optional[float]:

@@ -43,6 +43,7 @@ the owner joins every worker; what arrives then waits on the done queue for the 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
@@ -50,11 +51,11 @@ import queue
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, Mapping, Optional, Tuple
 
 from . import _registry
 from ._causes import ABORTED, AbortRequest, Cause, CloseRequest, cause_of
-from ._deadline import deadline_after, remaining
+from ._deadline import deadline_after, earliest, remaining
 from ._queues import SealableQueue
 from ._rfc6455 import ABNORMAL_CLOSURE
 from ._workers import extra_worker, read_loop, run_worker, write_loop
@@ -333,14 +334,11 @@ class ExitProtocol:
             raise UsageError("close_all() cannot run in one of the connections' own threads")
         if self._tear_down_if_new() or not self._claim_or_post(request):
             return False
-        try:
+        with self._published_whatever_happens():
             cause = self._handle(request)
             if cause is not None:
                 self._stop(cause)
             self._pending_cause = cause
-        except BaseException as exc:
-            self._publish(self._abandon(exc))
-            raise
         with self._lock:
             self._awaiting_finish = True
         return True
@@ -371,12 +369,8 @@ class ExitProtocol:
         cause = self._pending_cause
         if cause is None:
             return self._own(request)  # a close under way: wait for the answer, or the request
-        try:
+        with self._published_whatever_happens():
             return self._publish(self._complete(cause))  # an abort: stopped already
-        except BaseException as exc:
-            if not self.finished.is_set():
-                self._publish(self._abandon(exc))
-            raise
 
     def wait(self, timeout: Optional[float]) -> ExitReport:
         """Block until the report is published and every thread has exited."""
@@ -434,11 +428,8 @@ class ExitProtocol:
         )
         with self._lock:
             self._owner_thread = owner
-        try:
+        with self._published_whatever_happens():
             owner.start()
-        except BaseException as exc:
-            self._publish(self._abandon(exc))
-            raise
 
     # -- the owner's part --------------------------------------------------------------------------
 
@@ -449,29 +440,30 @@ class ExitProtocol:
         inside the protocol, or a second Ctrl-C, ends it with a teardown that cannot block;
         otherwise every later close() or wait() would wait for an owner that is gone.
         """
-        try:
+        with self._published_whatever_happens():
             try:
                 cause = self._wait_for_cause(first)
             except KeyboardInterrupt:
                 self._conclude(ABORTED)
                 raise
             return self._conclude(cause)
-        except BaseException as exc:
-            if not self.finished.is_set():
-                self._publish(self._abandon(exc))
-            raise
 
     def _conclude(self, cause: Cause) -> ExitReport:
         self._stop(cause)
         return self._publish(self._complete(cause))
 
     def _conclude_or_abandon(self, cause: Cause) -> ExitReport:
-        """Conclude; if that fails or is interrupted (a second Ctrl-C), abandon, then re-raise.
-
-        Either way a report is published: nobody is left waiting for an owner that is gone.
-        """
-        try:
+        """Conclude; if that fails or is interrupted (a second Ctrl-C), abandon, then re-raise."""
+        with self._published_whatever_happens():
             return self._conclude(cause)
+
+    @contextlib.contextmanager
+    def _published_whatever_happens(self) -> Iterator[None]:
+        """If the block fails or is interrupted, end with a teardown that cannot block, publish
+        that report (unless one is out already), and re-raise: nobody is then left waiting for
+        an owner that is gone."""
+        try:
+            yield
         except BaseException as exc:
             if not self.finished.is_set():
                 self._publish(self._abandon(exc))
@@ -570,9 +562,7 @@ class ExitProtocol:
             # The peer's answer to our close frame can overtake the writer's report that it
             # wrote the frame: wait for that report (within the close's own time), or a
             # complete handshake would be taken for an unclean one.
-            bound = deadline_after(WAKE_TIMEOUT)
-            if closing.deadline is not None and bound is not None:
-                bound = min(bound, closing.deadline)
+            bound = earliest(deadline_after(WAKE_TIMEOUT), closing.deadline)
             self._collect_until(lambda: "writer" in self._exits, bound, optional=True)
         # After a complete handshake with reader and writer gone, nothing is blocked in the
         # socket: leave TCP open so the transport can close it cleanly (the server first).
@@ -601,9 +591,7 @@ class ExitProtocol:
         # The handshake's own bound: close_timeout from the cause (5 s without one), or the
         # deadline of the close under way, whichever comes first.
         budget = self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
-        handshake_ends = self._stopped_at + budget
-        if self._closing is not None and self._closing.deadline is not None:
-            handshake_ends = min(handshake_ends, self._closing.deadline)
+        handshake_ends = earliest(self._stopped_at + budget, self._closing.deadline if self._closing else None)
         if "writer" not in self._exits:
             wait_until = handshake_ends if writer_busy else time.monotonic() + WAKE_TIMEOUT
             self._collect_until(lambda: "writer" in self._exits, wait_until, optional=True)
@@ -612,7 +600,7 @@ class ExitProtocol:
         writer = self._exits.get("writer")
         if writer is None or writer.error is not None or writer.close_sent is not None:
             return
-        limit = self._go_deaf(min(time.monotonic() + WAKE_TIMEOUT, handshake_ends))
+        limit = self._go_deaf(earliest(time.monotonic() + WAKE_TIMEOUT, handshake_ends))
         try:
             if self._cut_short:
                 return
@@ -640,8 +628,7 @@ class ExitProtocol:
             closing_deadline = self._closing.deadline if self._closing is not None else None
             if closing_deadline is None and self.close_timeout is not None:
                 closing_deadline = self._stopped_at + self.close_timeout
-            if closing_deadline is not None and backstop is not None:
-                limit = min(backstop, closing_deadline)
+            limit = earliest(backstop, closing_deadline)
             # From here the owner reads no requests until the server has ended TCP.
             limit = self._go_deaf(limit)
         # Never close the socket under a send() still writing to it directly (microseconds).
@@ -694,10 +681,7 @@ class ExitProtocol:
 
     def _within_requests(self, limit: Optional[float]) -> Optional[float]:
         """``limit``, or the earliest deadline a close()/abort() read so far asked for."""
-        requested = self._requested_deadline
-        if requested is None:
-            return limit
-        return requested if limit is None else min(limit, requested)
+        return earliest(limit, self._requested_deadline)
 
     def _note_request(self, item: object) -> None:
         """A close()/abort() that came after the cause: it can only cut what is left short."""
@@ -708,9 +692,7 @@ class ExitProtocol:
             deadline = item.deadline
         else:
             return
-        if deadline is not None:
-            current = self._requested_deadline
-            self._requested_deadline = deadline if current is None else min(current, deadline)
+        self._requested_deadline = earliest(self._requested_deadline, deadline)
 
     def _record(self, item: WorkerExit) -> None:
         self._exits[item.role] = item
