@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import pytest
 
@@ -111,8 +111,9 @@ def test_wait_inside_the_connections_own_thread_is_a_usage_error(make_pair: Make
     assert report.ok and len(errors) == 1 and "wait for itself" in str(errors[0])
 
 
-def writer_held_mid_batch(conn: Duplex, monkeypatch: pytest.MonkeyPatch) -> Tuple[threading.Event, threading.Event]:
-    """Make the writer take a batch and then wait, busy, until released: (took_batch, release)."""
+def peer_closes_while_the_writer_holds(conn: Duplex, monkeypatch: pytest.MonkeyPatch, message: str) -> threading.Event:
+    """Start ``conn``, make its writer take ``message`` and wait there, busy, then let the peer
+    send a close frame straight onto the wire. Returns the event that releases the writer."""
     ours = memory_transport(conn)
     took_batch, release = threading.Event(), threading.Event()
     original_send_batch = ours.send_batch
@@ -124,7 +125,11 @@ def writer_held_mid_batch(conn: Duplex, monkeypatch: pytest.MonkeyPatch) -> Tupl
 
     monkeypatch.setattr(ours, "send_batch", send_batch_when_released)
     monkeypatch.setattr(conn, "_direct_writes", False)  # every message through the writer
-    return took_batch, release
+    conn.start()
+    conn.send(message)
+    assert took_batch.wait(WAIT)
+    ours.peer.send_close(1000, "bye")
+    return release
 
 
 def test_a_peer_close_is_answered_once_a_busy_writer_finishes_its_batch(
@@ -132,11 +137,7 @@ def test_a_peer_close_is_answered_once_a_busy_writer_finishes_its_batch(
 ) -> None:
     """RFC 6455 asks for the reply; a writer mid-batch to a peer that reads finishes first."""
     conn, peer = make_pair(close_timeout=5 * UNIT)
-    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
-    conn.start()
-    conn.send("in the batch")
-    assert took_batch.wait(WAIT)
-    memory_transport(conn).peer.send_close(1000, "bye")
+    release = peer_closes_while_the_writer_holds(conn, monkeypatch, "in the batch")
     assert not conn._protocol.finished.wait(0.1)  # the owner waits for the writer...
     release.set()  # ...which finishes its batch
     report = conn.wait(WAIT)
@@ -153,12 +154,8 @@ def test_the_wait_for_a_stuck_writer_before_answering_a_peer_close_is_bounded(
     peer's close arrives, and its write meets a peer that stopped reading. The owner waits
     for it at most close_timeout, then shuts the transport down: no reply behind it."""
     conn, peer = make_pair(close_timeout=0.3 * UNIT)
-    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
     peer.stop_reading()
-    conn.start()
-    conn.send("taken, not yet written")
-    assert took_batch.wait(WAIT)
-    memory_transport(conn).peer.send_close(1000, "bye")  # straight onto the wire
+    release = peer_closes_while_the_writer_holds(conn, monkeypatch, "taken, not yet written")
     release.set()  # the write now blocks: the peer stopped reading; only shutdown ends it
     started = time.monotonic()
     report = conn.wait(timeout=0.3 * UNIT + WAIT)
@@ -172,12 +169,8 @@ def test_an_abort_cuts_short_the_wait_to_answer_a_peer_close(
     make_pair: MakePair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn, peer = make_pair(close_timeout=30 * UNIT)
-    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
     peer.stop_reading()
-    conn.start()
-    conn.send("stuck")
-    assert took_batch.wait(WAIT)
-    memory_transport(conn).peer.send_close(1000, "bye")
+    release = peer_closes_while_the_writer_holds(conn, monkeypatch, "stuck")
     release.set()
     assert not conn._protocol.finished.wait(0.1)  # waiting for the stuck writer, up to 30 s
     started = time.monotonic()
@@ -271,11 +264,7 @@ def test_an_abort_never_cuts_short_the_wait_for_the_workers_last_reports(
     # The writer holds a batch when the peer closes; an abort() ends the wait to reply, but the
     # report must still wait (within the backstop) for the writer to hand that batch back.
     conn, _peer = make_pair(close_timeout=30 * UNIT)
-    took_batch, release = writer_held_mid_batch(conn, monkeypatch)
-    conn.start()
-    conn.send("held by the writer")
-    assert took_batch.wait(WAIT)
-    memory_transport(conn).peer.send_close(1000, "bye")
+    release = peer_closes_while_the_writer_holds(conn, monkeypatch, "held by the writer")
     assert not conn._protocol.finished.wait(0.1)  # waiting for the writer, to reply
     releaser = threading.Timer(0.3 * UNIT, release.set)
     releaser.start()
