@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union, cast
 
 from ..exceptions import TransportError
 from ..transports import CloseFrame, MemoryTransport
 from ._behaviour import check_close, check_message
 from ._checks import check_seconds, check_wait, check_whole
+from ._record import Record
 
 Message = Union[str, bytes]
 
@@ -29,10 +30,9 @@ class MemoryPeer:
             raise TypeError(f"end must be a MemoryTransport, not {type(end).__name__}")
         self.end = end
         self.timeout = check_seconds("timeout", timeout)
-        self._cond = threading.Condition()
-        self._messages: List[Message] = []
-        self._close_frames: List[Tuple[int, str]] = []
-        self._ended = False
+        # What it saw, and the waits on it: the scripted peer's record of a connection.
+        self._record = Record(self.timeout)
+        # Guarded by the record's lock, like what it saw.
         self._silent = False
         self._close_sent = False
         self.thread = threading.Thread(target=self._read, name="memory-peer", daemon=True)
@@ -43,47 +43,34 @@ class MemoryPeer:
     @property
     def received(self) -> List[Message]:
         """The messages received so far, in order."""
-        with self._cond:
-            return list(self._messages)
+        return cast(List[Message], self._record.observe("received"))
 
     @property
     def close_frames(self) -> List[Tuple[int, str]]:
         """The close frames received so far, as (code, reason); an empty payload reads as 1005."""
-        with self._cond:
-            return list(self._close_frames)
+        return cast(List[Tuple[int, str]], self._record.observe("close_frames"))
 
     @property
     def ended(self) -> bool:
         """True once the stream has ended and the peer has stopped reading."""
-        with self._cond:
-            return self._ended
+        return bool(self._record.observe("ended"))
 
     def wait_messages(self, count: int, timeout: Optional[float] = None) -> List[Message]:
         """Wait until ``count`` messages have arrived and return all of them."""
         check_whole("count", count, minimum=0)
-        bound = self._bound(timeout)
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._messages) >= count or self._ended, bound):
-                raise TimeoutError(f"the memory peer got {len(self._messages)} of {count} messages")
-            if len(self._messages) < count:
-                raise ConnectionError(f"the stream ended after {len(self._messages)} of {count} messages")
-            return list(self._messages)
+        return self._record.wait_messages(count, check_wait("timeout", timeout))
 
     def wait_close_frame(self, timeout: Optional[float] = None) -> Tuple[int, str]:
         """Wait for the first close frame and return its (code, reason)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._close_frames) or self._ended, self._bound(timeout)):
-                raise TimeoutError("the memory peer got no close frame")
-            if not self._close_frames:
-                raise ConnectionError("the stream ended without a close frame")
-            return self._close_frames[0]
+        return cast(Tuple[int, str], self._record.wait_close_frame(check_wait("timeout", timeout)))
 
     def wait_ended(self, timeout: Optional[float] = None) -> bool:
-        """Wait until the stream has ended; return True."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._ended, self._bound(timeout)):
-                raise TimeoutError("the memory peer's stream did not end")
-            return True
+        """Wait until the stream has ended; return True (``TimeoutError`` if it did not)."""
+        seconds = check_wait("timeout", timeout)
+        if not self._record.wait_ended(seconds):
+            waited = self.timeout if seconds is None else seconds
+            raise TimeoutError(f"the memory peer's stream did not end in {waited:g} s")
+        return True
 
     # -- controls ------------------------------------------------------------------------------
 
@@ -95,7 +82,7 @@ class MemoryPeer:
     def close(self, code: Optional[int] = 1000, reason: str = "") -> None:
         """Send a close frame; ``None`` stands for an empty payload, which the receiver reads as 1005."""
         check_close(code, reason)
-        with self._cond:
+        with self._record.cond:
             self._close_sent = True
         self.end.send_close(1005 if code is None else code, reason)
 
@@ -113,7 +100,7 @@ class MemoryPeer:
 
     def go_silent(self) -> None:
         """Never answer a close frame from now on; keep reading."""
-        with self._cond:
+        with self._record.cond:
             self._silent = True
 
     def stop(self) -> None:
@@ -125,32 +112,26 @@ class MemoryPeer:
 
     # -- the reading thread --------------------------------------------------------------------
 
-    def _bound(self, timeout: Optional[float]) -> float:
-        checked = check_wait("timeout", timeout)
-        return self.timeout if checked is None else checked
-
     def _read(self) -> None:
+        record = self._record
         try:
             while True:
                 try:
                     item = self.end.recv()
                 except TransportError:
                     return
-                with self._cond:
-                    if isinstance(item, CloseFrame):
-                        answer = not (self._close_frames or self._close_sent or self._silent)
-                        self._close_frames.append((item.code, item.reason))
-                    else:
-                        answer = False
-                        self._messages.append(item)
-                    self._cond.notify_all()
-                if answer:
-                    try:
-                        self.end.send_close(item.code, item.reason)  # type: ignore[union-attr]
-                    except TransportError:
-                        pass
+                answer = False
+                if isinstance(item, CloseFrame):
+                    with record.cond:  # one decision with the frames it saw and the flags
+                        answer = not (record.observe("close_frames") or self._close_sent or self._silent)
+                        record.append("close_frames", (item.code, item.reason))
+                    if answer:
+                        try:
+                            self.end.send_close(item.code, item.reason)
+                        except TransportError:
+                            pass
+                else:
+                    record.append("received", item)
                 # After a close frame read on to the end, so that anything sent after it is seen.
         finally:
-            with self._cond:
-                self._ended = True
-                self._cond.notify_all()
+            record.set(ended=True, ended_by="eof")

@@ -77,9 +77,9 @@ def test_waits_say_what_came() -> None:
     peer.drop()
     conn.wait(5 * UNIT)
     peer.stop()
-    with pytest.raises(ConnectionError, match="after 1 of 2"):
+    with pytest.raises(ConnectionError, match=r"ended \(eof\) first: 1 of 2 messages"):
         peer.wait_messages(2)
-    with pytest.raises(ConnectionError, match="without a close frame"):
+    with pytest.raises(ConnectionError, match=r"ended \(eof\) first: no close frame"):
         peer.wait_close_frame()
 
 
