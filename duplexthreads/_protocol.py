@@ -325,13 +325,12 @@ class ExitProtocol:
 
         True when this thread now owns the ending and must call :meth:`finish_ending`; False
         when there is nothing more to do here (never started: torn down now; or someone else
-        owns the ending: the request went to them).
+        owns the ending: the request went to them). The caller has made sure it is not one of
+        this connection's own threads (end_all() checks every connection before touching any).
         """
         if self.inherited:
             self._forget()
             return False
-        if self.in_own_thread():
-            raise UsageError("close_all() cannot run in one of the connections' own threads")
         if self._tear_down_if_new() or not self._claim_or_post(request):
             return False
         with self._published_whatever_happens():
