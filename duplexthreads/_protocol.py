@@ -69,7 +69,8 @@ __all__ = ["EXIT_CLOSE_TIMEOUT", "TRANSITIONS", "WAKE_TIMEOUT", "ExitProtocol", 
 #: for a thread stuck in application code (an ``on_message`` callback that does not return).
 WAKE_TIMEOUT = 2.0
 
-#: At interpreter exit a close with no time limit gets this one, so that exit cannot hang.
+#: A close with no time limit gets this one where it must end anyway: at interpreter exit, and
+#: while a peer's close waits for a busy writer before the reply.
 EXIT_CLOSE_TIMEOUT = 5.0
 
 
@@ -210,6 +211,11 @@ class ExitProtocol:
     def threads(self) -> Tuple[threading.Thread, ...]:
         """Every thread started for this connection so far, the backend's included."""
         return self._own_threads() + self.transport.backend_threads()
+
+    @property
+    def bounded_close_timeout(self) -> float:
+        """``close_timeout``, or :data:`EXIT_CLOSE_TIMEOUT` for a connection without a limit."""
+        return self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
 
     def in_own_thread(self) -> bool:
         current = threading.current_thread()
@@ -589,8 +595,8 @@ class ExitProtocol:
             return
         # The handshake's own bound: close_timeout from the cause (5 s without one), or the
         # deadline of the close under way, whichever comes first.
-        budget = self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
-        handshake_ends = earliest(self._stopped_at + budget, self._closing.deadline if self._closing else None)
+        closing_deadline = self._closing.deadline if self._closing is not None else None
+        handshake_ends = earliest(self._stopped_at + self.bounded_close_timeout, closing_deadline)
         if "writer" not in self._exits:
             wait_until = handshake_ends if writer_busy else time.monotonic() + WAKE_TIMEOUT
             self._collect_until(lambda: "writer" in self._exits, wait_until, optional=True)

@@ -80,15 +80,14 @@ def where_opened(limit: int = 3) -> Tuple[Place, ...]:
 
 def _close_open_connections_at_exit() -> None:
     # Imported here: those modules import this one.
-    from ._protocol import EXIT_CLOSE_TIMEOUT, WAKE_TIMEOUT
+    from ._protocol import WAKE_TIMEOUT
     from ._rfc6455 import GOING_AWAY
     from .bulk import end_all
 
     conns = [conn for conn in live() if conn.close_at_exit and not conn.inherited]
     if not conns:
         return
-    limits = [conn.close_timeout if conn.close_timeout is not None else EXIT_CLOSE_TIMEOUT for conn in conns]
-    deadline = deadline_after(max(limits) + WAKE_TIMEOUT)
+    deadline = deadline_after(max(conn.bounded_close_timeout for conn in conns) + WAKE_TIMEOUT)
     end_all(conns, GOING_AWAY, exiting=True)
     # Connections another thread was already ending are theirs to finish: wait for them, all
     # within one bound (the longest close plus the wake-up backstop), so that exit never hangs.

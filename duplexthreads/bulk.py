@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Iterable, List, Sequence
 
 from ._causes import AbortRequest, close_request
-from ._protocol import EXIT_CLOSE_TIMEOUT, ExitProtocol
+from ._protocol import ExitProtocol
 from ._rfc6455 import NORMAL_CLOSURE, check_close_code, check_close_reason
 from .exceptions import UsageError
 from .report import ExitReport
@@ -67,9 +67,7 @@ def end_all(
     concluded = 0
     try:
         for protocol in protocols:
-            timeout = protocol.close_timeout
-            if exiting and timeout is None:
-                timeout = EXIT_CLOSE_TIMEOUT
+            timeout = protocol.bounded_close_timeout if exiting else protocol.close_timeout
             request = AbortRequest() if abort else close_request(code, reason, timeout)
             if protocol.start_ending(request):
                 begun.append(protocol)
