@@ -1,9 +1,15 @@
-"""The numbers of the WebSocket protocol (RFC 6455) that more than one module needs, in one place."""
+"""The numbers of the WebSocket protocol (RFC 6455) that more than one module needs, in one place.
+
+Also the one piece of HTTP grammar the handshake checks in more than one module: a token.
+"""
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ABNORMAL_CLOSURE",
+    "HTTP_TOKEN",
     "GOING_AWAY",
     "INTERNAL_ERROR",
     "INVALID_DATA",
@@ -18,6 +24,9 @@ __all__ = [
     "check_close_reason",
     "is_sendable_close_code",
 ]
+
+#: RFC 7230 (3.2.6): token = 1*tchar. Header names and subprotocol names (RFC 6455, 4.1).
+HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001

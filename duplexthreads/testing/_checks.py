@@ -12,12 +12,12 @@ import re
 from typing import Any, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .._rfc6455 import HTTP_TOKEN as _TOKEN
+
 #: The longest time any wait or bound of the scripted peer may be given, in seconds (11.6 days).
 #: Far beyond any test; it keeps every deadline within what ``poll()`` and lock waits accept.
 MAX_SECONDS = 1_000_000.0
 
-# RFC 7230 3.2.6: token = 1*tchar (header names, subprotocol names).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # What a header value or the URL may not hold: they go out as ISO-8859-1 text, one line each.
 _LINE_BREAKERS = re.compile(r"[\x00\r\n]")
 

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .._deadline import remaining
+from .._rfc6455 import HTTP_TOKEN as _TOKEN
 from ..exceptions import ConnectError, ConnectTimeout, HandshakeRejected
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 #: What ``headers=`` may be: a mapping, ``(name, value)`` pairs, or ``"Name: value"`` lines.
 HeadersArg = Union[Mapping[str, str], Iterable[Union[str, Tuple[str, str]]], None]
 
-# RFC 7230 3.2.6: token = 1*tchar.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 7230 3.2: field-value is VCHAR or obs-text (0x80-0xFF), with SP/HTAB inside. Values are
 # sent as ISO-8859-1, as http.client does; anything else (CR, LF, NUL, other controls, DEL,
 # characters past U+00FF) is refused.
