@@ -206,16 +206,18 @@ class SealableQueue(queue.Queue, Generic[T]):  # type: ignore[type-arg]
         ``discarded`` and dropped.
         """
         with self.not_full:
-            if not self._has_room_or_discarding():
-                if not block:
-                    raise queue.Full
-                if not self.not_full.wait_for(self._has_room_or_discarding, timeout):
-                    raise queue.Full
+            # One check on the common path (room); the rest only when the queue is full.
+            if not self._has_room():
+                if not self._discarding:
+                    if not block:
+                        raise queue.Full
+                    if not self.not_full.wait_for(self._has_room_or_discarding, timeout):
+                        raise queue.Full
+                if not self._has_room():  # still full (a seal makes room): dropped, counted
+                    self.discarded += 1
+                    return
             if self._sealed:
                 raise Sealed
-            if not self._has_room():
-                self.discarded += 1
-                return
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify_all()
