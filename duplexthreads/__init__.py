@@ -17,20 +17,32 @@ from .exceptions import (
     ConnectTimeout,
     DuplexError,
     HandshakeRejected,
+    HeartbeatTimeout,
     ProtocolError,
     TransportError,
     UsageError,
+    WriteTimeout,
 )
 from .report import ExitReport, Message, Reason
 from .server import accept
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex
+from .session import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Duplex,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
     "ConnectError",
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -40,11 +52,13 @@ __all__ = [
     "DuplexError",
     "ExitReport",
     "HandshakeRejected",
+    "HeartbeatTimeout",
     "Message",
     "ProtocolError",
     "Reason",
     "TransportError",
     "UsageError",
+    "WriteTimeout",
     "__version__",
     "accept",
     "close_all",

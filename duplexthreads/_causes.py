@@ -12,7 +12,7 @@ from typing import Optional
 
 from ._deadline import deadline_after
 from ._rfc6455 import INTERNAL_ERROR, NORMAL_CLOSURE, is_sendable_close_code
-from .exceptions import ProtocolError, TransportError
+from .exceptions import HeartbeatTimeout, ProtocolError, TransportError, WriteTimeout
 from .report import Close, Reason, WorkerExit
 
 __all__ = ["ABORTED", "AbortRequest", "Cause", "CloseRequest", "cause_of", "close_request"]
@@ -43,6 +43,9 @@ class Cause:
     error: Optional[BaseException] = None
     #: The close frame we still owe the peer, sent once the writer has stopped.
     reply: Optional[Close] = None
+    #: Whether the reply waits for a writer busy in a write (within close_timeout). Not when
+    #: the peer is presumed gone: the write may be stuck on it, and the reply would be lost.
+    patient: bool = True
 
 
 #: What ends a connection when the application calls abort() (or the protocol must stop).
@@ -56,6 +59,13 @@ def close_request(code: int, reason: str, timeout: Optional[float]) -> CloseRequ
 
 def cause_of(first: WorkerExit) -> Cause:
     """What the first worker report means when nobody asked to close."""
+    if isinstance(first.error, WriteTimeout):
+        # The peer stopped reading (a reader can meet it too, writing a pong): no close frame
+        # could reach it.
+        return Cause(first.role, Reason.WRITE_TIMEOUT, first.error)
+    if first.role == "heartbeat" and isinstance(first.error, HeartbeatTimeout):
+        # The peer is most likely gone; the close frame is sent for the case it is not.
+        return Cause("heartbeat", Reason.HEARTBEAT_TIMEOUT, first.error, (INTERNAL_ERROR, ""), patient=False)
     if first.role == "reader":
         if first.peer_close is not None:
             code, reason = first.peer_close

@@ -56,6 +56,7 @@ from typing import Callable, Dict, FrozenSet, Iterator, Mapping, Optional, Tuple
 from . import _registry
 from ._causes import ABORTED, AbortRequest, Cause, CloseRequest, cause_of
 from ._deadline import deadline_after, earliest, remaining
+from ._heartbeat import Pings, heartbeat_loop
 from ._queues import SealableQueue
 from ._rfc6455 import ABNORMAL_CLOSURE
 from ._workers import extra_worker, read_loop, run_worker, write_loop
@@ -136,6 +137,9 @@ class ExitProtocol:
         "inherited",
         "opened_at",
         "outbound",
+        "ping_interval",
+        "ping_timeout",
+        "pings",
         "quit",
         "transport",
     )
@@ -148,11 +152,20 @@ class ExitProtocol:
         max_queue: Optional[int],
         close_timeout: Optional[float],
         close_at_exit: bool = True,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
+        write_timeout: Optional[float] = None,
     ) -> None:
         self.transport = transport
         self.connection_id = transport.connection_id
         self.close_timeout = close_timeout
         self.close_at_exit = close_at_exit
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        # Pings waiting for their pong: the reader settles them, the owner cancels them at the end.
+        self.pings = Pings()
+        transport.on_pong = self.pings.pong
+        transport.set_write_timeout(write_timeout)
         #: Where the application opened the connection, for leak reports.
         self.opened_at = _registry.where_opened()
         self._on_message = on_message
@@ -262,6 +275,10 @@ class ExitProtocol:
                 "reader": functools.partial(read_loop, self.transport, self._deliver, self.connection_id),
                 "writer": functools.partial(write_loop, self.transport, self.outbound, self.quit),
             }
+            if self.ping_interval is not None:
+                bodies["heartbeat"] = functools.partial(
+                    heartbeat_loop, self.transport, self.pings, self.quit, self.ping_interval, self.ping_timeout
+                )
             for role, target in self._extra.items():
                 bodies[role] = functools.partial(extra_worker, role, target, self.quit)
             self._workers = {
@@ -559,9 +576,10 @@ class ExitProtocol:
             if self._phase is not Phase.ENDING:
                 self._enter(Phase.ENDING)
         self.quit.set()
+        self.pings.cancel_all()
         writer_busy = self.outbound.stop()
         if cause.reply is not None:
-            self._reply_once_writer_stopped(cause.reply, writer_busy)
+            self._reply_once_writer_stopped(cause.reply, writer_busy, patient=cause.patient)
         closing = self._closing
         if closing is not None and self._received is not None and "writer" not in self._exits:
             # The peer's answer to our close frame can overtake the writer's report that it
@@ -577,7 +595,7 @@ class ExitProtocol:
             self.transport.shutdown()
         self.inbound.seal()
 
-    def _reply_once_writer_stopped(self, reply: Close, writer_busy: bool) -> None:
+    def _reply_once_writer_stopped(self, reply: Close, writer_busy: bool, *, patient: bool = True) -> None:
         """Send the close frame we owe once the writer has stopped, so it is the last frame.
 
         A writer idle on the queue stops within a wake-up. A writer inside a write finishes
@@ -585,7 +603,9 @@ class ExitProtocol:
         That wait is a close handshake like any other, bounded by ``close_timeout`` (5 s if
         the connection has none), and an abort() cuts it short: a writer stuck on a peer that
         stopped reading then gets no reply behind it, and shutdown() interrupts its write.
-        The reply itself is bounded: nothing could wake the owner from a stuck write.
+        The reply itself is bounded: nothing could wake the owner from a stuck write. When the
+        peer is presumed gone (a heartbeat timeout) a busy writer is not waited for: no reply
+        then, since the writer may be stuck on that very peer.
         """
         if self._sent is not None:
             return  # ours already left (sent directly by the owner of a close)
@@ -597,6 +617,8 @@ class ExitProtocol:
         # deadline of the close under way, whichever comes first.
         closing_deadline = self._closing.deadline if self._closing is not None else None
         handshake_ends = earliest(self._stopped_at + self.bounded_close_timeout, closing_deadline)
+        if writer_busy and not patient:
+            return
         if "writer" not in self._exits:
             wait_until = handshake_ends if writer_busy else time.monotonic() + WAKE_TIMEOUT
             self._collect_until(lambda: "writer" in self._exits, wait_until, optional=True)

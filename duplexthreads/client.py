@@ -7,7 +7,16 @@ from typing import Any, Callable, Optional, Sequence
 
 from ._deadline import timeout_arg
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, check_session_options, start_session
+from .session import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Duplex,
+    check_session_options,
+    start_session,
+)
 from .transports._opening import HeadersArg, client_request
 from .transports.base import Transport
 
@@ -32,6 +41,10 @@ def connect(
     max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
     on_message: Optional[Callable[[Message], None]] = None,
     close_at_exit: bool = True,
+    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+    write_timeout: Optional[float] = None,
+    max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Duplex:
     """Open a WebSocket connection to ``url`` and return it, already started.
 
@@ -48,11 +61,24 @@ def connect(
 
     At interpreter exit a connection still open is closed gracefully (what was queued is sent,
     then close code 1001) within ``close_timeout``; ``close_at_exit=False`` opts out.
+
+    Liveness (see :class:`~duplexthreads.Duplex`): the heartbeat pings every ``ping_interval``
+    seconds and ends a connection whose peer stays silent ``ping_timeout`` seconds after a
+    ping; ``write_timeout`` ends one whose writes make no progress. An incoming message over
+    ``max_message_size`` bytes (1 MiB by default; ``None``: no limit) fails the connection
+    with close code 1009 as soon as its size is known, without reading the rest.
     """
     # The options of the connection itself come first: a mistake there must not cost a handshake.
     check_session_options(
-        on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+        on_message=on_message,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+        close_at_exit=close_at_exit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_timeout=write_timeout,
     )
+    check_max_message_size(max_message_size)
     transport = open_transport(
         url,
         backend=backend,
@@ -60,6 +86,7 @@ def connect(
         subprotocols=subprotocols,
         ssl_context=ssl_context,
         open_timeout=open_timeout,
+        max_message_size=max_message_size,
     )
     return start_session(
         transport,
@@ -67,6 +94,9 @@ def connect(
         max_queue=max_queue,
         close_timeout=close_timeout,
         close_at_exit=close_at_exit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_timeout=write_timeout,
     )
 
 
@@ -78,9 +108,11 @@ def open_transport(
     subprotocols: Optional[Sequence[str]] = None,
     ssl_context: Optional[ssl.SSLContext] = None,
     open_timeout: Optional[float] = 10.0,
+    max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
 ) -> Transport:
     """Open just the transport (no threads of ours yet); used by ``connect``."""
     transport_class = _client_transport_class(backend)
+    check_max_message_size(max_message_size)
     # The transports check these again; checking here first means that no argument error can
     # come after a socket was opened, whichever backend is chosen.
     request = client_request(url, headers, subprotocols)
@@ -98,8 +130,19 @@ def open_transport(
         subprotocols=subprotocols,
         ssl_context=ssl_context,
         open_timeout=timeout,
+        max_message_size=max_message_size,
     )
     return transport
+
+
+def check_max_message_size(size: Optional[int]) -> None:
+    """``max_message_size``: a whole number of bytes >= 1, or None for no limit."""
+    if size is None:
+        return
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"max_message_size must be an int or None, not {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"max_message_size must be at least 1 (or None for no limit), not {size}")
 
 
 def _client_transport_class(backend: object) -> Any:

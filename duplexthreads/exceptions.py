@@ -10,7 +10,9 @@ Everything the library raises on purpose derives from one root::
     │   ├── HandshakeRejected       the endpoint answered HTTP, but not with a WebSocket upgrade
     │   └── ConnectTimeout          open_timeout ran out (also a TimeoutError)
     ├── TransportError (OSError)    a backend failed while the connection was open
-    │   └── ProtocolError           the peer broke RFC 6455; ``.close_code`` is what we sent it
+    │   ├── ProtocolError           the peer broke RFC 6455; ``.close_code`` is what we sent it
+    │   ├── HeartbeatTimeout        the peer sent nothing for ``ping_timeout`` after a ping
+    │   └── WriteTimeout            a write made no progress for ``write_timeout``
     └── UsageError (RuntimeError)   the API was used in a way that cannot work (start twice,
                                     wait() inside the connection's own thread, recv() with an
                                     on_message callback, a connection inherited through fork)
@@ -37,9 +39,11 @@ __all__ = [
     "ConnectionClosedOK",
     "DuplexError",
     "HandshakeRejected",
+    "HeartbeatTimeout",
     "ProtocolError",
     "TransportError",
     "UsageError",
+    "WriteTimeout",
 ]
 
 
@@ -119,6 +123,23 @@ class ProtocolError(TransportError):
     def __init__(self, message: str, close_code: int = 1002) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class HeartbeatTimeout(TransportError):
+    """The peer sent nothing, not even the pong, for ``ping_timeout`` seconds after a ping.
+
+    The heartbeat ends the connection with this error, reason ``HEARTBEAT_TIMEOUT`` and close
+    code 1011: the peer or the path to it is gone without a word (a dropped NAT mapping, a
+    sleeping laptop, a hung process), and the kernel would take minutes or hours to notice.
+    """
+
+
+class WriteTimeout(TransportError):
+    """A write made no progress for ``write_timeout`` seconds: the peer stopped reading.
+
+    The connection ends with reason ``WRITE_TIMEOUT``; the report still says exactly which
+    messages were written and which come back in ``unsent``.
+    """
 
 
 class UsageError(DuplexError, RuntimeError):

@@ -37,6 +37,11 @@ class Reason(enum.Enum):
     WRITE_ERROR = "write error"
     #: An extra worker added with ``add_worker()`` returned or raised first.
     WORKER_EXIT = "worker exit"
+    #: The heartbeat heard nothing from the peer for ``ping_timeout`` after a ping; we sent
+    #: close code 1011 (the peer is most likely gone and never sees it).
+    HEARTBEAT_TIMEOUT = "heartbeat timeout"
+    #: A write made no progress for ``write_timeout``: the peer stopped reading.
+    WRITE_TIMEOUT = "write timeout"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from .report import Message
-from .session import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, Duplex, check_session_options, start_session
+from .session import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Duplex,
+    check_session_options,
+    start_session,
+)
 
 __all__ = ["accept"]
 
@@ -16,9 +25,12 @@ def accept(
     subprotocols: Optional[Sequence[str]] = None,
     close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
     max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
-    max_message_size: Optional[int] = None,
+    max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
     on_message: Optional[Callable[[Message], None]] = None,
     close_at_exit: bool = True,
+    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+    write_timeout: Optional[float] = None,
 ) -> Duplex:
     """Upgrade the WSGI request in ``environ`` and return the connection, already started.
 
@@ -28,10 +40,19 @@ def accept(
     Raises :class:`~duplexthreads.HandshakeRejected` (with the status to answer) when the
     request is not a valid WebSocket upgrade, and :class:`~duplexthreads.ConnectError` when
     the server does not expose its socket or the client is gone. A message over
-    ``max_message_size`` bytes fails the connection with close code 1009.
+    ``max_message_size`` bytes (1 MiB by default; ``None``: no limit) fails the connection with
+    close code 1009. ``ping_interval``, ``ping_timeout`` and ``write_timeout`` are the liveness
+    options of :func:`~duplexthreads.connect`: a client whose TCP died is dropped within
+    ``ping_interval + ping_timeout``, one that stopped reading within ``write_timeout``.
     """
     check_session_options(
-        on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+        on_message=on_message,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+        close_at_exit=close_at_exit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_timeout=write_timeout,
     )
     from .transports.simple_websocket import SimpleWebSocketTransport
 
@@ -42,4 +63,7 @@ def accept(
         max_queue=max_queue,
         close_timeout=close_timeout,
         close_at_exit=close_at_exit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_timeout=write_timeout,
     )

@@ -15,25 +15,39 @@ from types import TracebackType
 from typing import Callable, Iterator, Optional, Tuple, Type, Union
 
 from ._causes import AbortRequest, close_request
-from ._deadline import deadline_after, timeout_arg
+from ._deadline import deadline_after, remaining, timeout_arg
 from ._protocol import ExitProtocol, Phase
 from ._queues import Sealed
 from ._rfc6455 import check_close_code, check_close_reason
-from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, UsageError
+from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, TransportError, UsageError
 from .report import ExitReport, Message
 from .transports.base import Transport
 
-__all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_MAX_QUEUE", "Duplex"]
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "Duplex",
+]
 
 #: Seconds a graceful close may take (flush, close frame, the peer's answer) before it is cut.
 DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Messages each of the outbound and inbound queues holds before ``send`` or the reader waits.
 DEFAULT_MAX_QUEUE = 1024
+#: Seconds between the heartbeat's pings, and how long after a ping the peer may stay silent
+#: before the connection is ended (the values websockets uses).
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 20.0
+#: Bytes an incoming message may have, whole or in fragments (1 MiB, as websockets); a larger
+#: one fails the connection with close code 1009.
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 
 #: What send() accepts: text as ``str``, binary as any of the bytes-like types.
 Sendable = Union[str, bytes, bytearray, memoryview]
 
-_RESERVED_ROLES = frozenset({"reader", "writer", "owner", "backend"})
+_RESERVED_ROLES = frozenset({"reader", "writer", "owner", "backend", "heartbeat"})
 _ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -50,6 +64,12 @@ class Duplex:
     threads hold it. At interpreter exit, connections still open are closed gracefully
     (queued messages are sent, then close code 1001), each within its ``close_timeout``;
     ``close_at_exit=False`` leaves this one to be cut off instead.
+
+    Liveness: a heartbeat thread pings the peer every ``ping_interval`` seconds, and ends the
+    connection (reason ``HEARTBEAT_TIMEOUT``, close code 1011) when nothing at all arrives for
+    ``ping_timeout`` seconds after a ping; ``None`` turns either off. ``write_timeout`` ends the
+    connection (reason ``WRITE_TIMEOUT``) when a write makes no progress for that long, which
+    is what a peer that stopped reading looks like; ``None``, the default, waits forever.
     """
 
     def __init__(
@@ -60,11 +80,20 @@ class Duplex:
         max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
         close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT,
         close_at_exit: bool = True,
+        ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+        ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+        write_timeout: Optional[float] = None,
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
         check_session_options(
-            on_message=on_message, max_queue=max_queue, close_timeout=close_timeout, close_at_exit=close_at_exit
+            on_message=on_message,
+            max_queue=max_queue,
+            close_timeout=close_timeout,
+            close_at_exit=close_at_exit,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            write_timeout=write_timeout,
         )
         self.transport = transport
         self.id = transport.connection_id
@@ -77,6 +106,9 @@ class Duplex:
             max_queue=max_queue,
             close_timeout=self.close_timeout,
             close_at_exit=close_at_exit,
+            ping_interval=timeout_arg(ping_interval, "ping_interval"),
+            ping_timeout=timeout_arg(ping_timeout, "ping_timeout"),
+            write_timeout=timeout_arg(write_timeout, "write_timeout"),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -230,7 +262,53 @@ class Duplex:
             except ConnectionClosedOK:
                 return
 
+    def ping(self, timeout: Optional[float] = None, *, payload: Optional[bytes] = None) -> float:
+        """Send a ping and return its round trip in seconds, once the pong is back.
+
+        ``payload`` (at most 125 bytes; random by default) is what the pong must carry.
+        Raises ``TimeoutError`` when no pong came within ``timeout`` (None: wait until the
+        connection ends), :class:`ConnectionClosed` once the connection is closing or closed
+        (also while waiting), and ``UsageError`` before ``start()``. Safe from any thread.
+        """
+        if payload is not None:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            payload = bytes(payload)
+            if len(payload) > 125:
+                raise ValueError(f"a ping payload is at most 125 bytes, not {len(payload)}")
+        timeout = timeout_arg(timeout, "timeout")
+        protocol = self._protocol
+        protocol.check_usable()
+        if protocol.phase is Phase.NEW:
+            raise UsageError("ping() needs a started connection: call start() first")
+        deadline = deadline_after(timeout)
+        pings = protocol.pings
+        if payload is None:
+            payload = pings.new_payload()
+        sent = pings.register(payload, waited=True)
+        if protocol.quit.is_set() or protocol.phase in (Phase.CLOSING, Phase.ENDING, Phase.CLOSED):
+            pings.forget(payload)
+            raise self._closed_error(deadline)
+        try:
+            self.transport.send_ping(payload, remaining(deadline))
+        except TransportError as exc:
+            pings.forget(payload)
+            if protocol.quit.is_set():
+                raise self._closed_error(deadline) from None
+            raise TimeoutError(f"the ping could not be sent within {timeout} s: {exc}") from exc
+        if not sent.answered.wait(remaining(deadline)):
+            pings.forget(payload)
+            raise TimeoutError(f"no pong within {timeout} s")
+        if sent.answered_at is None:
+            raise self._closed_error(deadline)
+        return sent.answered_at - sent.sent_at
+
     # -- state -----------------------------------------------------------------------------------------
+
+    @property
+    def latency(self) -> Optional[float]:
+        """The round trip, in seconds, of the last ping answered (heartbeat or ``ping()``); None before."""
+        return self._protocol.pings.latency
 
     @property
     def report(self) -> Optional[ExitReport]:
@@ -298,6 +376,9 @@ def check_session_options(
     max_queue: Optional[int],
     close_timeout: Optional[float],
     close_at_exit: bool = True,
+    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+    write_timeout: Optional[float] = None,
 ) -> None:
     """The options every connection takes, checked before any I/O (connect() calls this first)."""
     if max_queue is not None:
@@ -306,6 +387,13 @@ def check_session_options(
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1 (or None for no bound), not {max_queue}")
     timeout_arg(close_timeout, "close_timeout")
+    for name, value in (
+        ("ping_interval", ping_interval),
+        ("ping_timeout", ping_timeout),
+        ("write_timeout", write_timeout),
+    ):
+        if timeout_arg(value, name) == 0:
+            raise ValueError(f"{name} must be a number of seconds > 0 (None turns it off), not {value!r}")
     if on_message is not None and not callable(on_message):
         raise TypeError(f"on_message must be callable, not {type(on_message).__name__}")
     if not isinstance(close_at_exit, bool):
@@ -319,6 +407,9 @@ def start_session(
     max_queue: Optional[int],
     close_timeout: Optional[float],
     close_at_exit: bool = True,
+    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
+    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
+    write_timeout: Optional[float] = None,
 ) -> Duplex:
     """A started Duplex over a freshly opened transport, which is closed if that fails."""
     try:
@@ -328,6 +419,9 @@ def start_session(
             max_queue=max_queue,
             close_timeout=close_timeout,
             close_at_exit=close_at_exit,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            write_timeout=write_timeout,
         )
     except BaseException:
         transport.shutdown()

@@ -99,9 +99,10 @@ class MemoryPeer:
         self.end.stop_reading()
 
     def go_silent(self) -> None:
-        """Never answer a close frame from now on; keep reading."""
+        """Never answer a close frame or a ping from now on; keep reading."""
         with self._record.cond:
             self._silent = True
+        self.end.ignore_pings()
 
     def stop(self) -> None:
         """End the stream and wait, bounded by the peer's timeout, for the reading thread to end."""

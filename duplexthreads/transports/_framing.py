@@ -16,6 +16,7 @@ from ..report import Message
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
 
 _FIN = 0x80
 _MASKED = 0x80
@@ -55,6 +56,12 @@ def encode_frame(opcode: int, payload: bytes, mask_key: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", _FIN | opcode, _MASKED | 127, size)
     return header + mask_key + apply_mask(payload, mask_key)
+
+
+def encode_server_frame(opcode: int, payload: bytes) -> bytes:
+    """One final frame as a server sends it: unmasked. Used for pings (at most 125 bytes)."""
+    assert len(payload) <= 125, "a control frame carries at most 125 bytes"
+    return struct.pack("!BB", _FIN | opcode, len(payload)) + payload
 
 
 def encode_messages(messages: Sequence[Message]) -> List[bytes]:

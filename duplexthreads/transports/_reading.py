@@ -18,15 +18,23 @@ from __future__ import annotations
 import codecs
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Union
 
-from .._rfc6455 import INVALID_DATA, MAX_CONTROL_PAYLOAD, NO_STATUS_CODE, PROTOCOL_ERROR, is_sendable_close_code
+from .._rfc6455 import (
+    INVALID_DATA,
+    MAX_CONTROL_PAYLOAD,
+    MESSAGE_TOO_BIG,
+    NO_STATUS_CODE,
+    PROTOCOL_ERROR,
+    is_sendable_close_code,
+)
 from ..exceptions import ProtocolError, TransportError
 from ..report import Message
 from .base import CloseFrame
 
-__all__ = ["FrameReader", "Ping"]
+__all__ = ["FrameReader", "Ping", "Pong"]
 
 OPCODE_CONTINUATION = 0x0
 OPCODE_TEXT = 0x1
@@ -51,14 +59,28 @@ class Ping:
     payload: bytes
 
 
-Event = Union[Message, Ping, CloseFrame]
+@dataclass(frozen=True)
+class Pong:
+    """A pong from the peer, the answer to one of our pings (or unsolicited: RFC 6455 allows it)."""
+
+    payload: bytes
+
+
+Event = Union[Message, Ping, Pong, CloseFrame]
 
 
 class FrameReader:
     """Frames from a server, read from ``sock`` by one thread (the reader), assembled."""
 
-    def __init__(self, sock: socket.socket, is_shut: Callable[[], bool]) -> None:
+    def __init__(
+        self, sock: socket.socket, is_shut: Callable[[], bool], max_message_size: Optional[int] = None
+    ) -> None:
         self._sock = sock
+        #: A message longer than this (whole or in fragments) fails the connection with 1009,
+        #: checked at each frame's header, before a byte of its payload is read.
+        self.max_message_size = max_message_size
+        #: ``time.monotonic()`` of the last read that brought bytes: the heartbeat's proof of life.
+        self.heard_at = time.monotonic()
         # True once the transport was shut down: the reader stops between any two steps, even
         # with frames still buffered, so that abort() during a long message takes effect at once.
         self._is_shut = is_shut
@@ -68,6 +90,7 @@ class FrameReader:
         self._opcode: Optional[int] = None
         self._parts: List[Union[bytes, str]] = []
         self._decoder: Optional[codecs.IncrementalDecoder] = None
+        self._size = 0  # bytes of the message being assembled so far
 
     def release(self) -> None:
         """Drop every buffer (the connection is closed and must not hold memory)."""
@@ -78,7 +101,7 @@ class FrameReader:
         self._opcode = None
 
     def read(self) -> Event:
-        """The next whole message, ping or close frame; pongs are skipped."""
+        """The next whole message, ping, pong or close frame."""
         while True:
             event = self._read_frame()
             if event is not None:
@@ -117,6 +140,12 @@ class FrameReader:
             self._opcode = opcode
             if opcode == OPCODE_TEXT:
                 self._decoder = codecs.getincrementaldecoder("utf-8")()
+        limit = self.max_message_size
+        if limit is not None:
+            # Checked before the payload is read: a message over the limit is never buffered.
+            self._size = self._size + length if opcode == OPCODE_CONTINUATION else length
+            if self._size > limit:
+                raise ProtocolError(f"a message is over max_message_size ({limit} bytes)", MESSAGE_TOO_BIG)
         self._payload(length, fin)
         if not fin:
             return None
@@ -187,7 +216,7 @@ class FrameReader:
         if opcode == OPCODE_PING:
             return Ping(payload)
         if opcode == OPCODE_PONG:
-            return None
+            return Pong(payload)
         return _close_frame(payload)
 
     # -- the buffer --------------------------------------------------------------------------------
@@ -214,6 +243,7 @@ class FrameReader:
         if self._is_shut():
             raise TransportError("transport shut down")
         data = self._sock.recv(size)
+        self.heard_at = time.monotonic()
         if not data:
             if self._is_shut():
                 raise TransportError("transport shut down")

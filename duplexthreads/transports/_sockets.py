@@ -9,7 +9,7 @@ import threading
 from typing import Any, List, Optional, Sequence
 
 from .._deadline import remaining
-from .base import WriteError
+from .base import WriteError, WriteTimeoutError
 
 #: Bytes read at a time when discarding what the peer sent after the end.
 _DRAIN_CHUNK = 16384
@@ -20,6 +20,10 @@ DRAIN_LIMIT = 16384
 # relies on the poll for writability alone (a close frame is one small record, which fits once
 # the socket reports room).
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+#: Most bytes handed to an SSL socket at once under a write deadline: one TLS record, which the
+#: room a poll reports always takes, so the send cannot block past the deadline.
+_TLS_RECORD = 16384
 
 
 class BorrowedSocket:
@@ -52,7 +56,9 @@ def shutdown_quietly(sock: Any) -> None:
         pass
 
 
-def write_frames(sock: Any, frames: Sequence[bytes], deadline: Optional[float] = None) -> None:
+def write_frames(
+    sock: Any, frames: Sequence[bytes], deadline: Optional[float] = None, stall_timeout: Optional[float] = None
+) -> None:
     """Write ``frames`` back to back, raising :class:`WriteError` with the count fully written.
 
     ``sendall`` cannot say how far it got before an error; sending in a loop can, and that is
@@ -60,6 +66,10 @@ def write_frames(sock: Any, frames: Sequence[bytes], deadline: Optional[float] =
     call blocks past it: when it passes, :class:`WriteError` says the write timed out. A small
     frame (a close frame: at most 131 bytes) is then written whole or not at all: nothing is
     sent before the socket reports room, and room on a TCP socket is far more than that.
+
+    ``stall_timeout`` (the connection's ``write_timeout``) bounds each wait for room instead:
+    a write that makes no progress for that long fails with :class:`WriteTimeoutError`. The
+    waits are ``poll`` calls that shutdown() ends, so nothing polls in a loop.
     """
     data = frames[0] if len(frames) == 1 else b"".join(frames)
     view = memoryview(data)
@@ -67,19 +77,40 @@ def write_frames(sock: Any, frames: Sequence[bytes], deadline: Optional[float] =
     total = len(data)
     try:
         while sent < total:
-            if deadline is None:
-                sent += sock.send(view[sent:])
-            elif not wait_for(sock, write=True, timeout=remaining(deadline)):
-                raise TimeoutError("the peer is not reading: the write did not finish in time")
-            elif isinstance(sock, ssl.SSLSocket):
-                sent += sock.send(view[sent:])
+            if deadline is not None:
+                if not wait_for(sock, write=True, timeout=remaining(deadline)):
+                    raise TimeoutError("the peer is not reading: the write did not finish in time")
+                sent += _send_without_blocking(sock, view[sent:])
+            elif stall_timeout is not None:
+                if isinstance(sock, ssl.SSLSocket) or not _DONTWAIT:
+                    if not wait_for(sock, write=True, timeout=stall_timeout):
+                        raise _Stalled()
+                sent += _send_without_blocking(sock, view[sent:])
+                if sent < total and not wait_for(sock, write=True, timeout=stall_timeout):
+                    raise _Stalled()
             else:
-                try:
-                    sent += sock.send(view[sent:], _DONTWAIT)
-                except BlockingIOError:
-                    continue  # the room the poll saw was taken; poll again
+                sent += sock.send(view[sent:])
+    except _Stalled:
+        raise WriteTimeoutError(
+            f"write timed out: no progress for {stall_timeout} s (the peer is not reading)",
+            _count_complete(frames, sent),
+        ) from None
     except (OSError, ValueError) as exc:
         raise WriteError(f"write failed: {exc!r}", _count_complete(frames, sent)) from exc
+
+
+class _Stalled(Exception):
+    """A write under a stall timeout found no room in time (turned into WriteTimeoutError)."""
+
+
+def _send_without_blocking(sock: Any, data: memoryview) -> int:
+    """Send what the socket takes now; call only once a poll reported room (or to try)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return int(sock.send(data[:_TLS_RECORD]))
+    try:
+        return int(sock.send(data, _DONTWAIT))
+    except BlockingIOError:
+        return 0  # the room the poll saw was taken; poll again
 
 
 class SocketWriter:
@@ -104,6 +135,8 @@ class SocketWriter:
         #: Whether write_now() can work: a plain socket takes MSG_DONTWAIT; an SSL socket refuses
         #: flags and may need to write when asked to read, so it always goes through the writer.
         self.can_write_now = bool(_DONTWAIT) and not isinstance(sock, ssl.SSLSocket)
+        #: The connection's write_timeout: how long a blocking write may go without progress.
+        self.stall_timeout: Optional[float] = None
 
     @property
     def half_written(self) -> bool:
@@ -121,17 +154,26 @@ class SocketWriter:
         try:
             if self._half_written:
                 raise WriteError("a frame is half written: it must be finished first", 0)
-            write_frames(self.sock, frames, deadline)
+            write_frames(self.sock, frames, deadline, self.stall_timeout)
         finally:
             self.lock.release()
 
-    def write_control(self, frame: bytes) -> None:
-        """Write a control frame (a pong) now, or right after a half-written frame."""
-        with self.lock:
+    def write_control(self, frame: bytes, deadline: Optional[float] = None) -> None:
+        """Write a control frame (a pong, a ping) now, or right after a half-written frame.
+
+        With a ``deadline`` (a ping) it gives up, writing nothing, when another write holds the
+        socket past it: :class:`TimeoutWriteError`.
+        """
+        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
+        if not self.lock.acquire(timeout=wait):
+            raise TimeoutWriteError("the control frame could not go in time: another write is stuck", 0)
+        try:
             if self._half_written:
                 self._deferred.append(frame)
                 return
-            write_frames(self.sock, [frame])
+            write_frames(self.sock, [frame], deadline, self.stall_timeout)
+        finally:
+            self.lock.release()
 
     def write_now(self, frame: bytes) -> Optional[bytes]:
         """Write what the socket takes at once, without blocking; return the rest, or None.
@@ -159,13 +201,13 @@ class SocketWriter:
         """The writer thread completes what :meth:`write_now` began; :class:`WriteError` if it cannot."""
         with self.lock:
             try:
-                write_frames(self.sock, [rest])
+                write_frames(self.sock, [rest], stall_timeout=self.stall_timeout)
             finally:
                 self._half_written = False
             deferred, self._deferred = self._deferred, []
             if deferred:
                 try:
-                    write_frames(self.sock, deferred)
+                    write_frames(self.sock, deferred, stall_timeout=self.stall_timeout)
                 except WriteError:
                     pass  # the message is out; the reader meets the failure and reports it
 

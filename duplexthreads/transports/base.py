@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence, Tuple, Union
+from typing import Callable, ClassVar, Optional, Sequence, Tuple, Union
 
-from ..exceptions import TransportError
+from ..exceptions import TransportError, WriteTimeout
 from ..report import Message
 
-__all__ = ["CloseFrame", "PeerClosingError", "Transport", "WriteError", "new_connection_id", "thread_name"]
+__all__ = [
+    "CloseFrame",
+    "PeerClosingError",
+    "Transport",
+    "WriteError",
+    "WriteTimeoutError",
+    "new_connection_id",
+    "thread_name",
+]
 
 # Connection ids are process-wide so that thread names never collide (itertools.count's
 # __next__ is atomic under the GIL).
@@ -54,6 +63,10 @@ class WriteError(TransportError):
         self.written = written
 
 
+class WriteTimeoutError(WriteError, WriteTimeout):
+    """A write made no progress for the transport's ``write_timeout``; ``written`` as for WriteError."""
+
+
 class PeerClosingError(WriteError):
     """Nothing more can be written because the peer's close frame has arrived.
 
@@ -70,6 +83,15 @@ class Transport(ABC):
 
     def __init__(self, connection_id: Optional[int] = None) -> None:
         self.connection_id: int = new_connection_id() if connection_id is None else connection_id
+        #: ``time.monotonic()`` when bytes last arrived from the peer (any frame, or part of
+        #: one): the heartbeat takes it as proof of life. Written by the reading thread only;
+        #: read it through :meth:`last_heard`.
+        self.heard_at: float = time.monotonic()
+        #: Called in the reading thread with the payload of each pong the peer sends.
+        self.on_pong: Optional[Callable[[bytes], None]] = None
+        #: Seconds a write may go without progress before it fails with
+        #: :class:`WriteTimeoutError` (None: no limit); see :meth:`set_write_timeout`.
+        self.write_timeout: Optional[float] = None
 
     @property
     def subprotocol(self) -> Optional[str]:
@@ -133,6 +155,28 @@ class Transport(ABC):
         when it cannot in time, raise :class:`TransportError` having written nothing. Only a
         failing socket may leave part of a frame written.
         """
+
+    def last_heard(self) -> float:
+        """``time.monotonic()`` when the peer was last heard from: any bytes, any frame."""
+        return self.heard_at
+
+    def set_write_timeout(self, timeout: Optional[float]) -> None:
+        """Bound every blocking write from now on: ``timeout`` seconds without progress fail it.
+
+        Called before the threads start. A transport whose writes wait somewhere (a socket's
+        send buffer, the memory transport's stalled peer) gives up there, with
+        :class:`WriteTimeoutError`, having counted what it wrote completely.
+        """
+        self.write_timeout = timeout
+
+    def send_ping(self, payload: bytes, timeout: Optional[float]) -> None:
+        """Send a ping carrying ``payload`` (at most 125 bytes), from any thread.
+
+        ``timeout`` bounds the write like :meth:`send_close`'s: the frame goes whole or not at
+        all, and :class:`TransportError` says it could not go in time. A ping waits for a frame
+        half written by a direct write rather than land inside it.
+        """
+        raise TransportError(f"{type(self).__name__} cannot send pings")
 
     @abstractmethod
     def shutdown(self) -> None:

@@ -11,6 +11,10 @@ on the end under test (faults of its own I/O):
     ``fail_next_read(exc)``, ``fail_writes(exc, after=0)``, ``delay_writes(seconds)``,
     ``drop_writes()`` (writes succeed but vanish: a silent peer)
 
+Pings are answered by the end that reads them, inside ``recv()``, as a peer's reading thread
+answers them; ``ignore_pings()`` makes an end leave them unanswered (a peer gone silent). A
+pong is handed to the receiving end's ``on_pong`` and never returned by ``recv()``.
+
 Everything waits on one condition variable, so ``shutdown()`` wakes every blocked call at once,
 exactly as ``shutdown(SHUT_RDWR)`` does on a socket. Nothing polls.
 """
@@ -18,16 +22,30 @@ exactly as ``shutdown(SHUT_RDWR)`` does on a socket. Nothing polls.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Deque, Optional, Sequence, Tuple, Union
 
 from ..exceptions import TransportError
 from ..report import Message
-from .base import CloseFrame, Transport, WriteError
+from .base import CloseFrame, Transport, WriteError, WriteTimeoutError
 
 __all__ = ["MemoryTransport", "memory_pair"]
 
+
+@dataclass(frozen=True)
+class _Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Pong:
+    payload: bytes
+
+
 Item = Union[Message, CloseFrame]
+_Frame = Union[Message, CloseFrame, _Ping, _Pong]
 
 
 class MemoryTransport(Transport):
@@ -41,7 +59,7 @@ class MemoryTransport(Transport):
         # notifies all waiters on both ends.
         self._cond = condition
         self._peer: Optional[MemoryTransport] = None
-        self._inbox: Deque[Item] = deque()
+        self._inbox: Deque[_Frame] = deque()
         self._eof = False  # the peer will send nothing more
         self._reset: Optional[BaseException] = None  # the connection was reset: all I/O fails
         self._shut = False  # shutdown() was called on this end
@@ -52,6 +70,7 @@ class MemoryTransport(Transport):
         self._writes_hang = False
         self._writes_dropped = False
         self._write_delay = 0.0
+        self._answers_pings = True
         #: How many times close() was called (promise P2 says exactly once).
         self.close_calls = 0
 
@@ -70,7 +89,19 @@ class MemoryTransport(Transport):
                     fault, self._read_fault = self._read_fault, None
                     raise TransportError(f"read failed: {fault!r}") from fault
                 if self._inbox:
-                    return self._inbox.popleft()
+                    item = self._inbox.popleft()
+                    self.heard_at = time.monotonic()
+                    if isinstance(item, _Ping):
+                        if self._answers_pings and not self.peer._closed:
+                            self.peer._inbox.append(_Pong(item.payload))
+                            self._cond.notify_all()
+                        continue
+                    if isinstance(item, _Pong):
+                        on_pong = self.on_pong
+                        if on_pong is not None:
+                            on_pong(item.payload)
+                        continue
+                    return item
                 if self._eof:
                     raise TransportError("connection lost: end of stream without a close frame")
                 self._cond.wait()
@@ -96,6 +127,9 @@ class MemoryTransport(Transport):
 
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         self._deliver([CloseFrame(code, reason)], timeout)
+
+    def send_ping(self, payload: bytes, timeout: Optional[float]) -> None:
+        self._deliver([_Ping(bytes(payload))], timeout, control=True)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -148,6 +182,11 @@ class MemoryTransport(Transport):
         with self._cond:
             self._write_delay = seconds
 
+    def ignore_pings(self) -> None:
+        """Leave the other end's pings unanswered from now on (a peer, or a path, gone silent)."""
+        with self._cond:
+            self._answers_pings = False
+
     def drop_writes(self) -> None:
         """Writes succeed but never arrive (a silent peer, or a black hole in the network)."""
         with self._cond:
@@ -173,19 +212,29 @@ class MemoryTransport(Transport):
                 raise WriteError("connection reset by peer", written) from self._reset
             raise TransportError("connection reset by peer") from self._reset
 
-    def _deliver(self, items: list, timeout: Optional[float] = None) -> None:  # type: ignore[type-arg]
+    def _deliver(self, items: list, timeout: Optional[float] = None, control: bool = False) -> None:  # type: ignore[type-arg]
+        """Hand ``items`` to the peer, or fail as the injected faults say.
+
+        ``timeout`` bounds a write the owner makes (a close frame); ``write_timeout`` bounds the
+        others. ``control`` frames (pings) go around the injected write faults and delays.
+        """
         with self._cond:
-            if self._write_delay:
+            if self._write_delay and not control:
                 # The delay is a fault injected into the transport; shutdown still cuts it short.
                 self._cond.wait_for(lambda: self._shut or self._reset is not None, self._write_delay)
             self._raise_if_broken(written=0)
             if self._writes_hang:
                 # Like a write into a full TCP window: only shutdown or reset ends it.
                 broken = lambda: self._shut or self._closed or self._reset is not None  # noqa: E731
-                if not self._cond.wait_for(broken, timeout):
+                limit = timeout if timeout is not None else self.write_timeout
+                if not self._cond.wait_for(broken, limit):
+                    if timeout is None:
+                        raise WriteTimeoutError(
+                            f"write timed out: no progress for {limit} s (the peer is not reading)", 0
+                        )
                     raise WriteError("write timed out: the peer is not reading", 0)
                 self._raise_if_broken(written=0)
-            if self._write_fault is not None:
+            if self._write_fault is not None and not control:
                 if len(items) <= self._write_fault_after:
                     self._write_fault_after -= len(items)
                 else:

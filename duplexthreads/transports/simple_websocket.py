@@ -32,9 +32,11 @@ from it and writes nothing more to it, however the view ends.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import simple_websocket
@@ -45,6 +47,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Pong,
     RejectConnection,
     Request,
     TextMessage,
@@ -109,6 +112,8 @@ class _GuardedSocket(BorrowedSocket):
         # Bytes that came before the backend thread's first read (server side: what the client
         # sent along with its upgrade request); its first reads return them.
         self.pending = b""
+        # When the last read brought bytes: the heartbeat's proof of life (backend thread only).
+        self.heard_at = time.monotonic()
 
     def release(self) -> None:
         with self.read_gate:
@@ -141,6 +146,7 @@ class _GuardedSocket(BorrowedSocket):
         except OSError as exc:
             self.read_failure = exc
             raise
+        self.heard_at = time.monotonic()
         if not data:
             self.read_failure = EOFError("end of stream without a close frame")
         return data
@@ -166,6 +172,8 @@ class _Watch:
         self.peer_close: Optional[Tuple[int, str]] = None
         #: What the peer did wrong, and the close code to fail the connection with.
         self.violation: Optional[Tuple[str, int]] = None
+        #: Called with each pong's payload (the transport hands it to its ``on_pong``).
+        self.on_pong: Callable[[bytes], None] = lambda payload: None
         self._message_size = 0
 
     def install(self, protocol: Any) -> None:
@@ -186,6 +194,9 @@ class _Watch:
         vars(protocol).pop("events", None)
 
     def _see(self, protocol: Any, event: Any) -> None:
+        if isinstance(event, Pong):
+            self.on_pong(bytes(event.payload))
+            return
         if isinstance(event, CloseConnection):
             if protocol.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
                 self.peer_close = (int(event.code), event.reason or "")
@@ -316,6 +327,7 @@ class SimpleWebSocketTransport(Transport):
         self._thread: threading.Thread = ws.thread
         self._subprotocol: Optional[str] = None if ws.subprotocol is None else str(ws.subprotocol)
         guard.buffered = lambda: len(ws.input_buffer)
+        self._watch.on_pong = self._pong
         self._shut = False
 
     @classmethod
@@ -459,6 +471,30 @@ class SimpleWebSocketTransport(Transport):
         self._thread.join(_BACKEND_EXIT_TIMEOUT)
         return CloseFrame(*watch.peer_close)
 
+    def _pong(self, payload: bytes) -> None:
+        on_pong = self.on_pong
+        if on_pong is not None:
+            on_pong(payload)
+
+    def last_heard(self) -> float:
+        return self._guard.heard_at
+
+    def set_write_timeout(self, timeout: Optional[float]) -> None:
+        super().set_write_timeout(timeout)
+        self._guard.writer.stall_timeout = timeout
+
+    def send_ping(self, payload: bytes, timeout: Optional[float]) -> None:
+        protocol = self._ws.ws
+        if protocol is None or protocol.state is not ConnectionState.OPEN:
+            raise TransportError("cannot send a ping: the connection is closing")
+        # Built here, not by wsproto, which is not made to be called from two threads at once;
+        # neither side ever negotiates an extension, so a ping is this simple frame.
+        if self._is_client:
+            frame = _framing.encode_frame(_framing.OPCODE_PING, payload, os.urandom(4))
+        else:
+            frame = _framing.encode_server_frame(_framing.OPCODE_PING, payload)
+        self._guard.writer.write_control(frame, deadline_after(timeout))
+
     def send_batch(self, messages: Sequence[Message]) -> None:
         protocol = self._ws.ws
         with self._guard.write_lock:
@@ -467,7 +503,7 @@ class SimpleWebSocketTransport(Transport):
             if self._is_client and protocol.state is ConnectionState.OPEN:
                 # Our client never negotiates an extension, so its data frames are plain masked
                 # frames: build them with our framing (C masking when available), not wsproto's.
-                write_frames(self._guard.raw, _framing.encode_messages(messages))
+                write_frames(self._guard.raw, _framing.encode_messages(messages), stall_timeout=self.write_timeout)
                 return
             frames: List[bytes] = []
             try:
@@ -476,12 +512,12 @@ class SimpleWebSocketTransport(Transport):
                     frames.append(protocol.send(event))
             except Exception as exc:  # wsproto refuses data once a close frame went either way
                 if frames:
-                    write_frames(self._guard.raw, frames)
+                    write_frames(self._guard.raw, frames, stall_timeout=self.write_timeout)
                 if protocol.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
                     # The backend thread took in the peer's close frame before our reader saw it.
                     raise PeerClosingError("the peer has closed", len(frames)) from exc
                 raise WriteError(f"cannot send: {exc!r}", len(frames)) from exc
-            write_frames(self._guard.raw, frames)
+            write_frames(self._guard.raw, frames, stall_timeout=self.write_timeout)
 
     def send_now(self, message: Message) -> Optional[object]:
         # Once a close frame went either way, the writer decides what may still be sent.

@@ -25,12 +25,13 @@ from .._deadline import deadline_after, remaining
 from ..exceptions import ConnectError, HandshakeRejected, TransportError
 from ..report import Message
 from . import _framing, _opening
-from ._reading import FrameReader, Ping
+from ._reading import FrameReader, Ping, Pong
 from ._sockets import SocketWriter, await_end_of_stream, close_without_reset, shutdown_quietly
 from .base import CloseFrame, Transport
 
 __all__ = ["WebSocketClientTransport"]
 
+_OPCODE_PING = 0x9
 _OPCODE_PONG = 0xA
 
 
@@ -39,7 +40,9 @@ class WebSocketClientTransport(Transport):
 
     backend = "websocket-client"
 
-    def __init__(self, sock: socket.socket, subprotocol: Optional[str] = None) -> None:
+    def __init__(
+        self, sock: socket.socket, subprotocol: Optional[str] = None, max_message_size: Optional[int] = None
+    ) -> None:
         super().__init__()
         self._sock = sock
         self._subprotocol = subprotocol
@@ -49,7 +52,7 @@ class WebSocketClientTransport(Transport):
         self._writer = SocketWriter(sock)
         self.direct_writes = self._writer.can_write_now
         self._shut = False
-        self._reader = FrameReader(sock, lambda: self._shut)
+        self._reader = FrameReader(sock, lambda: self._shut, max_message_size)
 
     @classmethod
     def connect(
@@ -60,6 +63,7 @@ class WebSocketClientTransport(Transport):
         subprotocols: Optional[Sequence[str]] = None,
         ssl_context: Any = None,
         open_timeout: Optional[float] = 10.0,
+        max_message_size: Optional[int] = None,
     ) -> WebSocketClientTransport:
         """Open a connection within ``open_timeout``; raise :class:`ConnectError` leaving no socket open."""
         request = _opening.client_request(url, headers, subprotocols)
@@ -78,7 +82,7 @@ class WebSocketClientTransport(Transport):
         except BaseException:
             close_without_reset(sock)
             raise
-        return cls(sock, subprotocol)
+        return cls(sock, subprotocol, max_message_size)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -101,6 +105,11 @@ class WebSocketClientTransport(Transport):
                 if isinstance(event, Ping):
                     self._writer.write_control(_framing.encode_frame(_OPCODE_PONG, event.payload, os.urandom(4)))
                     continue
+                if isinstance(event, Pong):
+                    on_pong = self.on_pong
+                    if on_pong is not None:
+                        on_pong(event.payload)
+                    continue
                 return event
         except TransportError:
             raise
@@ -118,6 +127,22 @@ class WebSocketClientTransport(Transport):
     def send_rest(self, rest: object) -> None:
         assert isinstance(rest, bytes)
         self._writer.finish(rest)
+
+    def last_heard(self) -> float:
+        return self._reader.heard_at
+
+    def set_write_timeout(self, timeout: Optional[float]) -> None:
+        super().set_write_timeout(timeout)
+        self._writer.stall_timeout = timeout
+
+    def send_ping(self, payload: bytes, timeout: Optional[float]) -> None:
+        frame = _framing.encode_frame(_OPCODE_PING, payload, os.urandom(4))
+        try:
+            self._writer.write_control(frame, deadline_after(timeout))
+        except TransportError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot send a ping: {exc!r}") from exc
 
     def send_close(self, code: int, reason: str, timeout: Optional[float] = None) -> None:
         frame = _framing.encode_frame(_framing.OPCODE_CLOSE, _framing.close_payload(code, reason), os.urandom(4))

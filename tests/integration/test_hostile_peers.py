@@ -155,7 +155,8 @@ def test_a_message_in_a_quarter_million_fragments(backend: str) -> None:
     tells linear from quadratic, not fast from slow."""
     message = bytes(range(256)) * (FRAGMENTED_SIZE[backend] // 256)
     with ScriptedPeer(timeout=60 * UNIT) as peer:
-        with duplexthreads.connect(peer.url, backend=backend) as conn:
+        # Larger than the default limit on purpose: this is about the cost of many fragments.
+        with duplexthreads.connect(peer.url, backend=backend, max_message_size=None) as conn:
             remote = peer.next_connection()
             started = time.monotonic()
             remote.send_fragmented(message, 16)
@@ -195,7 +196,7 @@ def test_a_closed_connection_holds_no_buffers(backend: str) -> None:
         tracemalloc.start()
         try:
             baseline = tracemalloc.get_traced_memory()[0]
-            conn = duplexthreads.connect(peer.url, backend=backend)
+            conn = duplexthreads.connect(peer.url, backend=backend, max_message_size=None)
             remote = peer.next_connection()
             remote.send_raw(b"\x82\x7f" + struct.pack("!Q", 1 << 30))
             for _ in range(4):

@@ -163,8 +163,8 @@ def test_run_returns_the_report_when_the_peer_closes(make_pair: MakePair) -> Non
     with pytest.raises(ConnectionClosedOK):
         conn.recv(timeout=WAIT)
     assert peer.wait_close_frame() == (1000, "bye")  # our answer
-    # run() is the owner itself: only the reader and writer were started, and both are gone.
-    assert sorted(t.name for t in conn.threads()) == thread_names(conn, "reader", "writer")
+    # run() is the owner itself: only the workers were started, and all are gone.
+    assert sorted(t.name for t in conn.threads()) == thread_names(conn, "heartbeat", "reader", "writer")
     assert not [t.name for t in conn.threads() if t.is_alive()]
     assert memory_transport(conn).closed and memory_transport(conn).close_calls == 1
 
@@ -215,8 +215,9 @@ def test_with_block_starts_and_closes(make_pair: MakePair) -> None:
     conn, peer = make_pair()
     with conn as entered:
         assert entered is conn
-        # Reader and writer only: no thread waits idle to own the teardown.
-        assert sorted(t.name for t in conn.threads() if t.is_alive()) == thread_names(conn, "reader", "writer")
+        # The workers only: no thread waits idle to own the teardown.
+        alive = sorted(t.name for t in conn.threads() if t.is_alive())
+        assert alive == thread_names(conn, "heartbeat", "reader", "writer")
         conn.send("inside")
         assert peer.wait_messages(1) == ["inside"]
     assert conn.closed
@@ -243,7 +244,7 @@ def test_threads_are_named_after_the_connection_and_gone_after_wait(make_pair: M
     conn, peer = make_pair()
     conn.start()
     threads = conn.threads()
-    assert sorted(t.name for t in threads) == thread_names(conn, "reader", "writer")
+    assert sorted(t.name for t in threads) == thread_names(conn, "heartbeat", "reader", "writer")
     assert all(t.is_alive() for t in threads)
     prefix = f"duplexthreads-{conn.id}-"
     assert sorted(t.name for t in threading.enumerate() if t.name.startswith(prefix)) == sorted(t.name for t in threads)
