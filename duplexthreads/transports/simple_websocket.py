@@ -204,7 +204,9 @@ class _Watch:
             self._fail(f"protocol error: {event.reason}", int(event.code))
         if isinstance(event, (TextMessage, BytesMessage)) and self.max_message_size is not None:
             self._message_size += _size_in_bytes(event.data)
-            if self._message_size > self.max_message_size:
+            # wsproto hands a frame over piece by piece; what its header announced for the
+            # rest counts already, so a frame claiming too much fails at its first piece.
+            if self._message_size + _frame_bytes_to_come(protocol) > self.max_message_size:
                 self._fail(f"a message is over max_message_size ({self.max_message_size} bytes)", MESSAGE_TOO_BIG)
             if event.message_finished:
                 self._message_size = 0
@@ -696,6 +698,22 @@ def _mark_ended(sock: socket.socket) -> None:
         sock.__class__ = ended
     except TypeError:  # pragma: no cover - a socket class whose layout a subclass cannot share
         pass
+
+
+def _frame_bytes_to_come(protocol: Any) -> int:
+    """Payload bytes of the frame being received that wsproto has not handed over yet.
+
+    Read from wsproto's frame decoder (private attributes); 0 if a version lays them out
+    otherwise, and the limit is then enforced piece by piece as the bytes arrive.
+    """
+    try:
+        decoder = protocol.connection._proto._frame_decoder
+        header = decoder.header
+        if header is None:
+            return 0
+        return max(0, int(header.payload_len) - int(decoder.payload_consumed))
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _size_in_bytes(data: Union[str, bytes, bytearray]) -> int:
