@@ -286,6 +286,34 @@ controls (``send``, ``close(code, reason)``, ``reset``, ``drop``, ``stop_reading
 close frame unless it sent one itself or went silent, and reads on until the stream ends.
 ``stop()`` ends the stream and joins its thread within ``timeout`` (10 s unless given), which
 also bounds the waits.
+
+The relay
+---------
+:class:`Relay` is a TCP relay on loopback (127.0.0.1, a free port) between WebSocket clients
+and a server, for liveness tests: it fakes the failures no close frame announces. Each client
+it accepts gets a connection of its own to the target, and bytes flow both ways until told
+otherwise::
+
+    from duplexthreads.testing import Relay, ScriptedPeer
+
+    with ScriptedPeer(echo=True) as peer, Relay(peer.port) as relay:
+        client = MyClient(relay.url())                  # "ws://127.0.0.1:PORT/"
+        relay.go_silent()               # a NAT that dropped its mapping: nothing passes, nothing ends
+        ...                             # the heartbeat must notice; writes block once buffers fill
+        relay.resume()                  # what was held back goes on, in order
+        relay.reset()                   # RST at both ends of every connection
+
+``go_silent()`` forwards nothing either way, for the connections open and those accepted
+later, and reads nothing either: each end's data piles up in kernel buffers until its writes
+block, and no FIN or RST reaches anyone. ``stop_forwarding_to_client()`` and
+``stop_forwarding_to_server()`` hold back one direction only. ``reset()`` ends every connection
+open with RST at both ends (``SO_LINGER`` 0, then close) and returns once they are closed;
+``connections`` counts the clients accepted so far. ``Relay(target_port, target_host="127.0.0.1",
+host="127.0.0.1", port=0, timeout=10.0)`` checks its arguments as the peer does. ``timeout``
+bounds the connection to the target made for each client (a client the target refuses is reset)
+and the waits of ``reset()`` and ``close()``. ``close()``, or leaving the ``with`` block, stops
+listening, closes every connection and joins the relay's threads (named ``duplexthreads-relay-*``),
+raising ``RuntimeError`` if one does not end in time.
 """
 
 from __future__ import annotations
@@ -294,6 +322,7 @@ from ._handshake import HandshakeRefused
 from ._leaks import LeakCheck, LeakError, open_fds, os_threads, rss_kib
 from ._memory_peer import MemoryPeer
 from ._peer import PeerConnection, ScriptedClient, ScriptedPeer
+from ._relay import Relay
 from ._wire import VIOLATIONS, encode_frame
 
 __all__ = [
@@ -303,6 +332,7 @@ __all__ = [
     "LeakError",
     "MemoryPeer",
     "PeerConnection",
+    "Relay",
     "ScriptedClient",
     "ScriptedPeer",
     "encode_frame",
