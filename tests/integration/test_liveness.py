@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 
 import duplexthreads
 from duplexthreads import HeartbeatTimeout, ProtocolError, Reason, WriteTimeout
-from duplexthreads.testing import ScriptedClient, ScriptedPeer
+from duplexthreads.testing import Relay, ScriptedClient, ScriptedPeer
 
 from ..timing import UNIT
 
@@ -58,6 +58,44 @@ def test_a_peer_gone_silent_is_detected_within_interval_plus_timeout(peer: Scrip
     assert detected >= TIMEOUT * 0.9
     assert report.lingering == ()
     assert conn.transport.closed
+
+
+def test_a_path_gone_silent_is_detected_by_the_heartbeat(peer: ScriptedPeer, backend: str) -> None:
+    """Through a relay that turns into a black hole: no pong, no FIN, no RST, sockets open."""
+    with Relay(peer.port, timeout=WAIT) as relay:
+        conn = duplexthreads.connect(relay.url(), backend=backend, ping_interval=INTERVAL, ping_timeout=TIMEOUT)
+        peer.next_connection()
+        conn.send("through the relay")
+        assert conn.recv(timeout=WAIT) == "through the relay"
+        relay.go_silent()
+        silent_from = time.monotonic()
+        report = conn.wait(WAIT)
+        detected = time.monotonic() - silent_from
+    assert report.reason is Reason.HEARTBEAT_TIMEOUT and report.close_code == 1011
+    assert TIMEOUT * 0.9 <= detected < INTERVAL + TIMEOUT + WAIT / 4
+    assert report.lingering == () and conn.transport.closed
+
+
+def test_a_path_gone_silent_is_detected_by_the_write_timeout(peer: ScriptedPeer, backend: str) -> None:
+    """Sending into a black hole: once the kernel buffers are full, no write progresses."""
+    with Relay(peer.port, timeout=WAIT) as relay:
+        conn = duplexthreads.connect(
+            relay.url(), backend=backend, ping_interval=None, write_timeout=TIMEOUT, max_queue=16
+        )
+        peer.next_connection()
+        relay.go_silent()
+        accepted = 0
+        for index in range(5000):
+            try:
+                conn.send(index.to_bytes(4, "big") + b"\x00" * 65532, timeout=WAIT)
+            except duplexthreads.ConnectionClosed:
+                break
+            accepted += 1
+        report = conn.wait(WAIT)
+    assert report.reason is Reason.WRITE_TIMEOUT, report.describe()
+    assert report.written + len(report.unsent) == accepted
+    assert [int.from_bytes(m[:4], "big") for m in report.unsent] == list(range(report.written, accepted))
+    assert report.lingering == () and conn.transport.closed
 
 
 def test_the_heartbeat_measures_latency_and_the_peer_sees_its_pings(peer: ScriptedPeer, backend: str) -> None:
