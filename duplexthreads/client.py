@@ -17,7 +17,7 @@ from .session import (
     check_session_options,
     start_session,
 )
-from .transports._opening import HeadersArg, client_request
+from .transports._opening import HeadersArg, check_max_message_size, client_request
 from .transports.base import Transport
 
 __all__ = ["BACKENDS", "connect"]
@@ -133,16 +133,6 @@ def open_transport(
         max_message_size=max_message_size,
     )
     return transport
-
-
-def check_max_message_size(size: Optional[int]) -> None:
-    """``max_message_size``: a whole number of bytes >= 1, or None for no limit."""
-    if size is None:
-        return
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"max_message_size must be an int or None, not {type(size).__name__}")
-    if size < 1:
-        raise ValueError(f"max_message_size must be at least 1 (or None for no limit), not {size}")
 
 
 def _client_transport_class(backend: object) -> Any:

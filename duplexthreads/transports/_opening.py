@@ -40,6 +40,7 @@ from ..exceptions import ConnectError, ConnectTimeout, HandshakeRejected
 __all__ = [
     "ClientRequest",
     "HandshakeSocket",
+    "check_max_message_size",
     "check_subprotocols",
     "client_request",
     "header_pairs",
@@ -241,6 +242,16 @@ def header_pairs(headers: HeadersArg) -> List[Tuple[str, str]]:
             raise ValueError(f"headers: {name} is set by the WebSocket handshake itself{hint}")
         pairs.append((name, value))
     return pairs
+
+
+def check_max_message_size(size: Optional[int]) -> None:
+    """``max_message_size``: a whole number of bytes >= 1, or None for no limit."""
+    if size is None:
+        return
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"max_message_size must be an int or None, not {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"max_message_size must be at least 1 (or None for no limit), not {size}")
 
 
 def check_subprotocols(subprotocols: object) -> Tuple[str, ...]:

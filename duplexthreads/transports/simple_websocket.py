@@ -345,7 +345,7 @@ class SimpleWebSocketTransport(Transport):
     ) -> SimpleWebSocketTransport:
         """Open a client connection within ``open_timeout``; raise :class:`ConnectError` leaving nothing behind."""
         request = _opening.client_request(url, headers, subprotocols)
-        _check_max_message_size(max_message_size)
+        _opening.check_max_message_size(max_message_size)
         upgrade = Request(
             host=request.host_header,
             target=request.resource,
@@ -377,7 +377,7 @@ class SimpleWebSocketTransport(Transport):
         if not isinstance(environ, Mapping):
             raise TypeError(f"environ must be the WSGI environ dict, not {type(environ).__name__}")
         offered = _opening.check_subprotocols(subprotocols)
-        _check_max_message_size(max_message_size)
+        _opening.check_max_message_size(max_message_size)
         for key in ("werkzeug.socket", "gunicorn.socket"):
             if environ.get(key) is not None:
                 raw = environ[key]
@@ -728,15 +728,6 @@ def _end_sending(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
-
-
-def _check_max_message_size(size: Optional[int]) -> None:
-    if size is None:
-        return
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"max_message_size must be an int or None, not {type(size).__name__}")
-    if size < 1:
-        raise ValueError(f"max_message_size must be at least 1 (or None for no limit), not {size}")
 
 
 def _translate(
