@@ -46,12 +46,13 @@ from ._resources import load_average, machine_info
 from ._trials import leftover_line, measure_checked
 
 #: Every section, in the order they run. Modules that are not there yet are skipped.
-SECTIONS = ("throughput", "teardown_paths", "idle", "scale", "naive", "soak")
+SECTIONS = ("throughput", "teardown_paths", "idle", "liveness", "scale", "naive", "soak")
 #: Seconds each section may take: (full run, quick run). Their sums bound a run's length.
 CAPS: Dict[str, Tuple[float, float]] = {
     "throughput": (180.0, 60.0),
     "teardown_paths": (150.0, 45.0),
     "idle": (100.0, 40.0),
+    "liveness": (120.0, 60.0),
     "scale": (420.0, 150.0),
     "naive": (90.0, 15.0),
     "soak": (180.0, 30.0),

@@ -9,10 +9,21 @@
 - ``simple-websocket``: ``simple_websocket.Client``; ``send`` and ``receive``;
 - ``websockets sync``: websockets' sync client; ``send`` and ``recv``.
 
-Each library is used with its defaults. ``reader=True`` adds the reader thread an application
-runs to receive while its main thread does something else (each class shows its loop); what it
-receives goes to ``recv()``. Without it, ``recv()`` is the library's own receive call, made
-from the caller's thread: the send and echo loops measure the library, not a queue of ours.
+Each library is used with its defaults, pings included (``keepalive``, below). ``reader=True``
+adds the reader thread an application runs to receive while its main thread does something
+else (each class shows its loop); what it receives goes to ``recv()``. Without it, ``recv()`` is
+the library's own receive call, made from the caller's thread: the send and echo loops measure
+the library, not a queue of ours.
+
+Pings (``keepalive``). Two of the clients ping by default: duplexthreads (its heartbeat
+thread, every 20 s, ending a connection silent 20 s after a ping) and websockets' sync client
+(its keepalive thread, 20 s and 20 s too). WebSocketApp pings only when ``run_forever`` is
+given ``ping_interval``; websocket-client's ``WebSocket`` and simple-websocket have no
+keepalive. ``keepalive=True`` keeps each library's default; ``keepalive=False`` turns the
+pings off where a library has them (duplexthreads and websockets: ``ping_interval=None``);
+``keepalive=(interval, timeout)`` sets both for duplexthreads, websockets and WebSocketApp
+(``run_forever(ping_interval=..., ping_timeout=...)``). ``Client.pings`` says what a connection
+got: ``(interval, timeout)``, or None for no pings at all.
 
 Every Client lists the threads started for it (``threads``: the library's, read from its
 source, and our reader), can be killed from any thread without blocking (``kill``:
@@ -29,7 +40,7 @@ import socket
 import threading
 import time
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import simple_websocket
 import websocket
@@ -61,12 +72,37 @@ SLUGS = {
 
 #: Longest any single blocking call of a client may take (opening, a receive, a close).
 IO_TIMEOUT = 10.0
+#: ``open_client(keepalive=...)``: True (each library's default pings), False (none), or
+#: (ping_interval, ping_timeout) in seconds.
+Keepalive = Union[bool, Tuple[float, float]]
+#: Pings as a connection got them: (interval, timeout; None: pings without a verdict), or None.
+Pings = Optional[Tuple[float, Optional[float]]]
+#: duplexthreads' default pings, (interval, timeout): its heartbeat is on unless turned off.
+DUPLEX_DEFAULT_PINGS = (duplexthreads.DEFAULT_PING_INTERVAL, duplexthreads.DEFAULT_PING_TIMEOUT)
 #: How long settle() waits for a client's threads before handing them to LINGERING.
 SETTLE_TIMEOUT = 1.0
 
 
 class BenchError(Exception):
     """A connection could not be opened or driven as the benchmark needs."""
+
+
+def describe_pings(pings: Pings) -> str:
+    """``"20/20 s"``, ``"1/0.5 s"`` or ``"off"``: a table cell for ``Client.pings``."""
+    if pings is None:
+        return "off"
+    interval, timeout = pings
+    return f"{interval:g}/{'-' if timeout is None else format(timeout, 'g')} s"
+
+
+def pings_for(keepalive: Keepalive, default: Pings) -> Pings:
+    """What ``keepalive`` asks for, given the library's ``default`` (see the module docstring)."""
+    if keepalive is True:
+        return default
+    if keepalive is False:
+        return None
+    interval, timeout = keepalive
+    return (float(interval), float(timeout))
 
 
 def shutdown_socket(sock: Optional[socket.socket]) -> None:
@@ -92,6 +128,8 @@ class Client:
         self.sock: Optional[socket.socket] = None
         #: Every thread started for this connection.
         self.threads: List[threading.Thread] = []
+        #: The pings this connection sends: (interval, timeout) in seconds, or None.
+        self.pings: Pings = None
         # What the reader thread received, for recv() (reader=True only).
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
 
@@ -134,7 +172,8 @@ class Client:
 
 
 class DuplexClient(Client):
-    """``duplexthreads.connect``; ``finish`` is ``wait()``, which joins every thread."""
+    """``duplexthreads.connect``; ``finish`` is ``wait()``, which joins every thread (the
+    heartbeat's among them, unless ``keepalive=False``)."""
 
     def __init__(
         self,
@@ -142,11 +181,21 @@ class DuplexClient(Client):
         backend: str,
         close_timeout: float = duplexthreads.DEFAULT_CLOSE_TIMEOUT,
         on_message: Optional[Callable[[Message], None]] = None,
+        keepalive: Keepalive = True,
     ) -> None:
         super().__init__()
         self.name = next(name for name, value in BACKENDS.items() if value == backend)
+        self.pings = pings_for(keepalive, DUPLEX_DEFAULT_PINGS)
+        interval, timeout = self.pings if self.pings is not None else (None, None)
+        # Always passed, the default included, so that what a section measures is written here.
         self.conn = duplexthreads.connect(
-            url, backend=backend, open_timeout=IO_TIMEOUT, close_timeout=close_timeout, on_message=on_message
+            url,
+            backend=backend,
+            open_timeout=IO_TIMEOUT,
+            close_timeout=close_timeout,
+            on_message=on_message,
+            ping_interval=interval,
+            ping_timeout=timeout,
         )
         self.send = self.conn.send
         self.recv = partial(self.conn.recv, timeout=IO_TIMEOUT)
@@ -211,15 +260,27 @@ class AppClient(Client):
 
     name = WSA
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keepalive: Keepalive = True) -> None:
         super().__init__()
         # Set by on_open, or by on_error/on_close if the connection fails first.
         opened = threading.Event()
         errors: List[BaseException] = []
         inbox = self.inbox  # not self in the callbacks: a cycle would keep the socket open until gc
+        #: Set when on_error or on_close is first called, after the connection opened or not.
+        self.ended = ended = threading.Event()
+        #: (time.monotonic(), "error" or "close", the error or (code, reason)), in call order.
+        self.endings: List[Tuple[float, str, Any]] = []
+        endings = self.endings
 
         def on_error(app: Any, error: BaseException) -> None:
+            endings.append((time.monotonic(), "error", error))
             errors.append(error)
+            ended.set()
+            opened.set()
+
+        def on_close(app: Any, code: Any, reason: Any) -> None:
+            endings.append((time.monotonic(), "close", (code, reason)))
+            ended.set()
             opened.set()
 
         self.app: Any = websocket.WebSocketApp(
@@ -227,15 +288,20 @@ class AppClient(Client):
             on_open=lambda app: opened.set(),
             on_message=lambda app, message: inbox.put(message),
             on_error=on_error,
-            on_close=lambda app, code, reason: opened.set(),
+            on_close=on_close,
         )
-        thread = threading.Thread(target=self.app.run_forever, name="bench-websocketapp", daemon=True)
+        self.pings = pings_for(keepalive, None)  # run_forever's default: no pings (ping_interval=0)
+        options = {} if self.pings is None else {"ping_interval": self.pings[0], "ping_timeout": self.pings[1]}
+        thread = threading.Thread(target=self.app.run_forever, kwargs=options, name="bench-websocketapp", daemon=True)
         self.threads = [thread]
         thread.start()
         if not opened.wait(IO_TIMEOUT) or errors or self.app.sock is None:
             shutdown_socket(getattr(self.app.sock, "sock", None))  # wakes run_forever if it got that far
             thread.join(IO_TIMEOUT)
             raise BenchError(f"WebSocketApp did not open: {errors[:1]!r}")
+        # Its pinging thread, started before on_open when pings are on.
+        if self.app.ping_thread is not None:
+            self.threads.append(self.app.ping_thread)
         self.sock = self.app.sock.sock
         self.send = partial(self.app.send, opcode=websocket.ABNF.OPCODE_BINARY)
         self.recv = self._inbox_recv
@@ -279,11 +345,16 @@ class WebsocketsClient(Client):
 
     name = WSS
 
-    def __init__(self, url: str, reader: bool, keepalive: bool) -> None:
+    def __init__(self, url: str, reader: bool, keepalive: Keepalive) -> None:
         super().__init__()
-        # Only this client pings by default (every 20 s, from a thread of its own).
-        pings: Dict[str, Any] = {} if keepalive else {"ping_interval": None}
-        self.ws = websockets_connect(url, open_timeout=IO_TIMEOUT, legacy=True, **pings)
+        # It pings by default (every 20 s, from a thread of its own), like duplexthreads.
+        options: Dict[str, Any] = {}
+        if keepalive is not True:
+            pings = pings_for(keepalive, None)
+            options = {"ping_interval": None} if pings is None else dict(zip(("ping_interval", "ping_timeout"), pings))
+        self.ws = websockets_connect(url, open_timeout=IO_TIMEOUT, legacy=True, **options)
+        interval = self.ws.ping_interval
+        self.pings = None if interval is None else (interval, self.ws.ping_timeout)
         self.sock = self.ws.socket
         keepalive_thread = getattr(self.ws, "keepalive_thread", None)
         self.threads = [self.ws.recv_events_thread, *([keepalive_thread] if keepalive_thread else [])]
@@ -309,22 +380,27 @@ def open_client(
     url: str,
     *,
     reader: bool = False,
-    keepalive: bool = True,
+    keepalive: Keepalive = True,
     close_timeout: float = duplexthreads.DEFAULT_CLOSE_TIMEOUT,
     on_message: Optional[Callable[[Message], None]] = None,
 ) -> Client:
     """Open one connection of client ``name`` (one of :data:`CLIENTS`) to ``url``.
 
     ``reader``: the peers get an application's reader thread (duplexthreads and WebSocketApp
-    always receive in threads of their own). ``keepalive=False`` turns websockets' client pings
-    off. ``close_timeout`` and ``on_message`` are duplexthreads' options.
+    always receive in threads of their own). ``keepalive``: True, each library's default pings
+    (duplexthreads' heartbeat and websockets' keepalive on, 20/20 s); False, none (duplexthreads
+    and websockets get ``ping_interval=None``); ``(interval, timeout)``, those for duplexthreads,
+    websockets and WebSocketApp (the others have no pings to set). ``close_timeout`` and
+    ``on_message`` are duplexthreads' options.
     """
+    if not isinstance(keepalive, bool) and name not in (*BACKENDS, WSS, WSA):
+        raise BenchError(f"{name} has no pings to set")
     if name in BACKENDS:
-        return DuplexClient(url, BACKENDS[name], close_timeout, on_message)
+        return DuplexClient(url, BACKENDS[name], close_timeout, on_message, keepalive)
     if name == WSC:
         return PlainClient(url, reader)
     if name == WSA:
-        return AppClient(url)
+        return AppClient(url, keepalive)
     if name == SWS:
         return SimpleClient(url, reader)
     if name == WSS:

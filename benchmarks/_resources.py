@@ -25,6 +25,7 @@ from duplexthreads.testing import LeakCheck, open_fds, os_threads, rss_kib
 __all__ = [
     "SectionCheck",
     "context_switches",
+    "context_switches_split",
     "fd_count",
     "library_threads",
     "load_average",
@@ -60,12 +61,22 @@ def context_switches(tids: Iterable[int]) -> Dict[int, int]:
     preempted (involuntary); a thread blocked in one call throughout adds nothing. A thread
     that has already exited cannot be read and is left out.
     """
-    found: Dict[int, int] = {}
+    return {tid: voluntary + involuntary for tid, (voluntary, involuntary) in context_switches_split(tids).items()}
+
+
+def context_switches_split(tids: Iterable[int]) -> Dict[int, Tuple[int, int]]:
+    """(voluntary, involuntary) context switches so far of each given thread of this process.
+
+    A voluntary switch is the thread blocking, so their count is its wake-ups; an involuntary
+    one is the thread preempted while it could run (on loopback, the thread whose write wakes
+    the peer's process is often preempted by it). Threads already gone are left out.
+    """
+    found: Dict[int, Tuple[int, int]] = {}
     for tid in tids:
         voluntary = process_status_field(f"/proc/self/task/{tid}/status", "voluntary_ctxt_switches")
         involuntary = process_status_field(f"/proc/self/task/{tid}/status", "nonvoluntary_ctxt_switches")
         if voluntary is not None and involuntary is not None:
-            found[tid] = voluntary + involuntary
+            found[tid] = (voluntary, involuntary)
     return found
 
 

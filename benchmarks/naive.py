@@ -12,9 +12,10 @@ Method
 ------
 Peer: ``duplexthreads.testing.ScriptedPeer`` in a child process (``isolated=True``: its sockets
 and threads are not counted with the client's). For each subject (the naive pair, and
-duplexthreads over websocket-client as the control) and each path, open N connections (full
-10, quick 3), each greeted by the peer so its reader is blocked in its receive, then trigger
-every one:
+duplexthreads over websocket-client as the control, with its defaults: its heartbeat thread
+is on, 20 s/20 s, and is one of the threads that must be gone; no ping goes out within the
+window) and each path, open N connections (full 10, quick 3), each greeted by the peer so
+its reader is blocked in its receive, then trigger every one:
 
 ``write error``  the peer's reader parked first (it reads nothing more, not even end of
                  stream, and stays connected); then ``shutdown(SHUT_WR)`` on the client's own

@@ -18,7 +18,12 @@ one after another with ``abort()`` or ``close()`` (graceful: close frame, the se
 or all at once with ``duplexthreads.close_all(conns, abort=True)`` ("close_all-abort") or
 ``duplexthreads.close_all(conns)`` ("close_all"), which start ending every connection before
 waiting for any. The peers close with their own ``close()``. Every client uses its library's
-defaults (websockets' client pings every 20 s from a thread of its own; the others do not).
+defaults, pings included, since that is what an application holds: duplexthreads' heartbeat
+is on (20 s/20 s), a third thread per connection beside the reader and the writer, and
+websockets' client pings every 20 s from a keepalive thread of its own; the others do not
+ping. The per-connection threads and RSS are therefore with the heartbeat (the table's
+"pings" column says so for each row); no ping goes out while a trial holds its connections
+(well under 20 s), so the heartbeat costs its thread and its memory, not wake-ups.
 
 - Per connection: for N in 500, 1,000 and 2,000 (quick: 200 and 500), one trial per client and
   way of closing: duplexthreads on each backend by abort, close and close_all-abort, the
@@ -60,7 +65,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import duplexthreads
 
-from ._clients import BACKENDS, DT_SWS, DT_WSC, SLUGS, SWS, WSA, WSS, Client, DuplexClient, join_all, open_client
+from ._clients import (
+    BACKENDS,
+    DT_SWS,
+    DT_WSC,
+    SLUGS,
+    SWS,
+    WSA,
+    WSS,
+    Client,
+    DuplexClient,
+    describe_pings,
+    join_all,
+    open_client,
+)
 from ._metrics import Metric
 from ._resources import fd_count, raise_fd_limit, rss_kib, task_ids
 from ._servers import LoadServer
@@ -158,6 +176,8 @@ def run_trial(client: str, mode: str, count: int, url: str, gone_bound: float) -
         "client": client,
         "mode": mode,
         "connections": count,
+        # What the connections ping with: the library's default (duplexthreads: its heartbeat).
+        "pings": describe_pings(opened[0].pings) if opened else "-",
         "open_seconds": open_seconds,
         "rss_kib_per_conn": (rss_open - rss_before) / count,
         "threads_per_conn": (tasks_open - tasks_before) / count,
@@ -300,14 +320,17 @@ def gone_cell(trial: Dict[str, Any]) -> str:
 def format_table(result: Dict[str, Any]) -> str:
     lines = [
         "Scale: N connections held in one process, then closed from the main thread (round 1 of each)",
-        f"{'client':34} {'close':>15} {'N':>5} {'open s':>7} {'RSS KiB/conn':>12} {'thr/conn':>8} {'fds/conn':>8}"
-        f" {'close calls s':>13} {'closed, all threads gone s':>26} {'errors':>6}",
+        "(each library's defaults, pings included: duplexthreads' heartbeat on, its thread counted in thr/conn"
+        " and RSS; websockets' keepalive thread likewise)",
+        f"{'client':34} {'close':>15} {'N':>5} {'pings':>8} {'open s':>7} {'RSS KiB/conn':>12} {'thr/conn':>8}"
+        f" {'fds/conn':>8} {'close calls s':>13} {'closed, all threads gone s':>26} {'errors':>6}",
     ]
     for trial in result["trials"]:
         if trial["round"] != 1:
             continue
         lines.append(
-            f"{trial['client']:34} {trial['mode']:>15} {trial['connections']:>5} {trial['open_seconds']:>7.2f}"
+            f"{trial['client']:34} {trial['mode']:>15} {trial['connections']:>5} {trial.get('pings', '?'):>8}"
+            f" {trial['open_seconds']:>7.2f}"
             f" {trial['rss_kib_per_conn']:>12.1f} {trial['threads_per_conn']:>8.2f} {trial['fds_per_conn']:>8.2f}"
             f" {trial['close_calls_seconds']:>13.3f} {gone_cell(trial):>26} {trial['close_errors']:>6}"
         )
@@ -347,7 +370,8 @@ def targets(result: Dict[str, Any]) -> List[str]:
             met = "met" if ours["rss_kib_per_conn"] <= theirs["rss_kib_per_conn"] else "NOT met"
             lines.append(
                 f"target RSS/conn <= websockets sync at N={count}: {met}"
-                f" ({ours['rss_kib_per_conn']:.1f} vs {theirs['rss_kib_per_conn']:.1f} KiB)"
+                f" ({ours['rss_kib_per_conn']:.1f} vs {theirs['rss_kib_per_conn']:.1f} KiB; pings"
+                f" {ours.get('pings', '?')} vs {theirs.get('pings', '?')}, each with its thread)"
             )
     for client in BACKENDS:
         for mode in MODES:

@@ -21,6 +21,10 @@ Two kinds of cycle, each checked on its own:
     close (close_timeout 50 ms); a write error (the peer's reader parked, then
     ``shutdown(SHUT_WR)`` on our socket and a send); ``abort()``; ``close()``.
 
+Both kinds use duplexthreads' defaults for the heartbeat (on, 20 s/20 s): no cycle lasts long
+enough for a ping (at most 5 s), but the heartbeat thread is one of the threads every cycle's
+teardown must end and join, which is what users get.
+
 Each cycle opens a connection, sends 0-20 numbered messages each way, receives some of them,
 injects its fault (sometimes sending more just after), and waits for the exit report (at most
 5 s). Then it checks: the reason is one the fault allows; message accounting (P4): the messages
