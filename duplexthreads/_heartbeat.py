@@ -8,9 +8,15 @@ after a ping, it ends the connection as :attr:`~duplexthreads.Reason.HEARTBEAT_T
 
 It is one more worker of the exit protocol. It waits only in ``quit.wait()``, so the owner's
 quit ends it at once, and an idle connection wakes once per interval (twice when the timeout
-is shorter than the interval: once to ping, once to judge). The reader never wakes it: it only
-stamps the time it last heard the peer (:meth:`Transport.last_heard`), which the heartbeat
-reads when it wakes anyway.
+is shorter than the interval: once to ping, once to judge). The reader never wakes it: the
+transport stamps the time it last had a sign of life from the peer
+(:meth:`Transport.last_sign_of_life`), which the heartbeat reads when it wakes anyway.
+
+Two things are not silence, and a heartbeat that took them for it would kill live
+connections: our own reader not reading (an ``on_message`` callback that takes its time, a
+full inbound queue), and our writer pushing a long upload to a peer that reads it slowly, so
+that no ping can get between the frames. The first is told by ``reader_busy``; the second
+shows as room freed in a full send buffer, which only the peer's acknowledgements free.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Deque, Optional
+from typing import Callable, Deque, Optional
 
 from .exceptions import HeartbeatTimeout, TransportError
 from .report import WorkerExit
@@ -35,15 +41,16 @@ MAX_OUTSTANDING = 32
 class SentPing:
     """One ping in flight: when it left, and when its pong (or a later one) came back."""
 
-    __slots__ = ("answered", "answered_at", "sent_at", "waited")
+    __slots__ = ("answered", "answered_at", "sent_at", "waiters")
 
-    def __init__(self, waited: bool) -> None:
+    def __init__(self) -> None:
         self.sent_at = time.monotonic()
         self.answered_at: Optional[float] = None
         # Set when the pong comes, or when the connection ends (then answered_at stays None).
         self.answered = threading.Event()
-        # Someone waits for it in ping(): it is never dropped to make room.
-        self.waited = waited
+        # How many ping() calls wait for it (they may share a payload); while any does, it is
+        # never dropped to make room, nor forgotten when another of them gives up.
+        self.waiters = 0
 
 
 class Pings:
@@ -73,23 +80,36 @@ class Pings:
                     return payload
 
     def register(self, payload: bytes, *, waited: bool = False) -> SentPing:
-        """Note a ping about to be sent; a ping already in flight with this payload is shared."""
+        """Note a ping about to be sent; a ping already in flight with this payload is shared.
+
+        ``waited``: a ping() call waits for it, and must :meth:`release` it if it gives up.
+        """
         with self._lock:
             sent = self._outstanding.get(payload)
             if sent is None:
-                sent = SentPing(waited)
+                sent = SentPing()
                 if self._ended:
                     sent.answered.set()  # the connection is over: nothing will answer
                     return sent
                 self._outstanding[payload] = sent
                 self._forget_oldest_unwaited()
-            elif waited:
-                sent.waited = True
+            if waited:
+                sent.waiters += 1
             return sent
 
-    def forget(self, payload: bytes) -> None:
+    def release(self, payload: bytes, sent: SentPing) -> None:
+        """A ping() call stops waiting for ``sent``; forgotten once nobody waits for it."""
         with self._lock:
-            self._outstanding.pop(payload, None)
+            sent.waiters -= 1
+            if sent.waiters <= 0 and self._outstanding.get(payload) is sent:
+                del self._outstanding[payload]
+
+    def forget(self, payload: bytes) -> None:
+        """The heartbeat's ping could not go: forget it, unless a ping() call waits for it."""
+        with self._lock:
+            sent = self._outstanding.get(payload)
+            if sent is not None and sent.waiters == 0:
+                del self._outstanding[payload]
 
     def pong(self, payload: bytes) -> None:
         """A pong arrived (reader thread): settle its ping and every ping sent before it."""
@@ -119,7 +139,7 @@ class Pings:
         if len(self._outstanding) <= MAX_OUTSTANDING:
             return
         for key, sent in self._outstanding.items():
-            if not sent.waited:
+            if not sent.waiters:
                 del self._outstanding[key]
                 return
 
@@ -130,18 +150,21 @@ def heartbeat_loop(
     quit: threading.Event,
     interval: float,
     timeout: Optional[float],
+    reader_busy: Callable[[], bool],
+    may_ping: Callable[[], bool],
 ) -> WorkerExit:
     """Ping every ``interval``; end with :class:`HeartbeatTimeout` if the peer stays silent.
 
-    The verdict rests on what arrives, not on whether a ping could be written: a ping that
-    cannot go out in time (another write is stuck on a peer that stopped reading) still
-    starts its timeout. With ``timeout`` None the pings only keep the path warm (a NAT's
-    mapping, a proxy's idle timer) and measure the latency.
+    The verdict rests on signs of life, not on whether a ping could be written: a ping is
+    written only if the socket takes it at once (it never waits behind another write, which
+    may be stuck on a dead peer), and one that cannot go still starts its timeout. With
+    ``timeout`` None the pings only keep the path warm (a NAT's mapping, a proxy's idle
+    timer) and measure the latency. ``may_ping`` turns false once a close has begun: no new
+    ping follows our close frame.
     """
     # When each ping still waiting for a sign of life left, oldest first.
     unanswered: Deque[float] = deque()
     next_ping = time.monotonic() + interval
-    write_bound = timeout if timeout is not None else interval
     while True:
         wake = next_ping
         if unanswered and timeout is not None:
@@ -149,21 +172,24 @@ def heartbeat_loop(
         if quit.wait(max(0.0, wake - time.monotonic())):
             return WorkerExit("heartbeat")
         now = time.monotonic()
-        heard = transport.last_heard()
-        while unanswered and heard >= unanswered[0]:
-            unanswered.popleft()  # heard from since this ping: the peer was alive then
+        # Our reader held up in our own code is not the peer's silence: judge it later.
+        alive = now if reader_busy() else transport.last_sign_of_life()
+        while unanswered and alive >= unanswered[0]:
+            unanswered.popleft()  # a sign of life since this ping: the peer was there then
         if unanswered and timeout is not None and now >= unanswered[0] + timeout:
             error = HeartbeatTimeout(
                 f"heartbeat: no sign of life from the peer for {now - unanswered[0]:.3g} s after a ping "
-                f"(ping_timeout {timeout:g} s; last heard from {now - heard:.3g} s ago)"
+                f"(ping_timeout {timeout:g} s; last sign {now - alive:.3g} s ago)"
             )
             return WorkerExit("heartbeat", error=error)
         if now >= next_ping:
+            next_ping = now + interval
+            if not may_ping():
+                continue
             payload = pings.new_payload()
             sent = pings.register(payload)
             unanswered.append(sent.sent_at)
             try:
-                transport.send_ping(payload, write_bound)
+                transport.send_ping(payload, 0)
             except TransportError:
-                pass  # not written: the peer must still be heard from within the timeout
-            next_ping = now + interval
+                pings.forget(payload)  # not written: a sign of life must still come in time

@@ -132,6 +132,7 @@ class ExitProtocol:
         "close_at_exit",
         "close_timeout",
         "connection_id",
+        "delivering",
         "finished",
         "inbound",
         "inherited",
@@ -164,6 +165,9 @@ class ExitProtocol:
         self.ping_timeout = ping_timeout
         # Pings waiting for their pong: the reader settles them, the owner cancels them at the end.
         self.pings = Pings()
+        # True while the reader is in our code or the application's (on_message, a full
+        # inbound queue) rather than reading: the heartbeat must not take that for silence.
+        self.delivering = False
         transport.on_pong = self.pings.pong
         transport.set_write_timeout(write_timeout)
         #: Where the application opened the connection, for leak reports.
@@ -230,6 +234,9 @@ class ExitProtocol:
         """``close_timeout``, or :data:`EXIT_CLOSE_TIMEOUT` for a connection without a limit."""
         return self.close_timeout if self.close_timeout is not None else EXIT_CLOSE_TIMEOUT
 
+    def in_reader_thread(self) -> bool:
+        return threading.current_thread() is self._workers.get("reader")
+
     def in_own_thread(self) -> bool:
         current = threading.current_thread()
         return current in self._workers.values() or current is self._owner_thread
@@ -277,7 +284,14 @@ class ExitProtocol:
             }
             if self.ping_interval is not None:
                 bodies["heartbeat"] = functools.partial(
-                    heartbeat_loop, self.transport, self.pings, self.quit, self.ping_interval, self.ping_timeout
+                    heartbeat_loop,
+                    self.transport,
+                    self.pings,
+                    self.quit,
+                    self.ping_interval,
+                    self.ping_timeout,
+                    reader_busy=lambda: self.delivering,
+                    may_ping=lambda: self._phase in (Phase.OPEN, Phase.OWNED),
                 )
             for role, target in self._extra.items():
                 bodies[role] = functools.partial(extra_worker, role, target, self.quit)
@@ -627,7 +641,10 @@ class ExitProtocol:
         writer = self._exits.get("writer")
         if writer is None or writer.error is not None or writer.close_sent is not None:
             return
-        limit = self._go_deaf(earliest(time.monotonic() + WAKE_TIMEOUT, handshake_ends))
+        # When the peer is presumed gone the reply goes only if the socket takes it at once: a
+        # pong of the reader's stuck on that peer must not hold the teardown up.
+        now = time.monotonic()
+        limit = self._go_deaf(earliest(now + WAKE_TIMEOUT if patient else now, handshake_ends))
         try:
             if self._cut_short:
                 return
@@ -794,10 +811,14 @@ class ExitProtocol:
         self._phase = phase
 
     def _deliver(self, message: Message) -> None:
-        if self._on_message is not None:
-            self._on_message(message)
-        else:
-            self.inbound.put(message)
+        self.delivering = True
+        try:
+            if self._on_message is not None:
+                self._on_message(message)
+            else:
+                self.inbound.put(message)
+        finally:
+            self.delivering = False
 
     def _own_threads(self) -> Tuple[threading.Thread, ...]:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import re
 import threading
+import time
 from types import TracebackType
 from typing import Callable, Iterator, Optional, Tuple, Type, Union
 
@@ -21,7 +22,7 @@ from ._queues import Sealed
 from ._rfc6455 import check_close_code, check_close_reason
 from .exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, TransportError, UsageError
 from .report import ExitReport, Message
-from .transports.base import Transport
+from .transports.base import TimeoutWriteError, Transport
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -281,27 +282,34 @@ class Duplex:
         protocol.check_usable()
         if protocol.phase is Phase.NEW:
             raise UsageError("ping() needs a started connection: call start() first")
+        if protocol.in_reader_thread():
+            # The pong is read by this very thread (on websocket-client): it would wait for itself.
+            raise UsageError("ping() called from the reader thread (an on_message callback) would wait for itself")
         deadline = deadline_after(timeout)
         pings = protocol.pings
         if payload is None:
             payload = pings.new_payload()
+        started = time.monotonic()
         sent = pings.register(payload, waited=True)
-        if protocol.quit.is_set() or protocol.phase in (Phase.CLOSING, Phase.ENDING, Phase.CLOSED):
-            pings.forget(payload)
-            raise self._closed_error(deadline)
         try:
-            self.transport.send_ping(payload, remaining(deadline))
-        except TransportError as exc:
-            pings.forget(payload)
-            if protocol.quit.is_set():
-                raise self._closed_error(deadline) from None
-            raise TimeoutError(f"the ping could not be sent within {timeout} s: {exc}") from exc
-        if not sent.answered.wait(remaining(deadline)):
-            pings.forget(payload)
-            raise TimeoutError(f"no pong within {timeout} s")
-        if sent.answered_at is None:
+            if protocol.quit.is_set() or protocol.phase in (Phase.CLOSING, Phase.ENDING, Phase.CLOSED):
+                raise self._closed_error(deadline)
+            try:
+                self.transport.send_ping(payload, remaining(deadline))
+            except TimeoutWriteError:
+                raise TimeoutError(
+                    f"the ping could not be sent within {timeout} s: another write holds the socket"
+                ) from None
+            except TransportError:
+                raise self._closed_error(deadline) from None  # the connection is failing or closing
+            if not sent.answered.wait(remaining(deadline)):
+                raise TimeoutError(f"no pong within {timeout} s")
+        finally:
+            pings.release(payload, sent)
+        answered_at = sent.answered_at
+        if answered_at is None:
             raise self._closed_error(deadline)
-        return sent.answered_at - sent.sent_at
+        return max(0.0, answered_at - started)
 
     # -- state -----------------------------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import struct
 import threading
+import time
 from typing import Any, List, Optional, Sequence
 
 from .._deadline import remaining
-from .base import WriteError, WriteTimeoutError
+from .base import TimeoutWriteError, WriteError, WriteTimeoutError
 
 #: Bytes read at a time when discarding what the peer sent after the end.
 _DRAIN_CHUNK = 16384
@@ -24,6 +26,16 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 #: Most bytes handed to an SSL socket at once under a write deadline: one TLS record, which the
 #: room a poll reports always takes, so the send cannot block past the deadline.
 _TLS_RECORD = 16384
+
+#: A send queue holding more than this many bytes is a backlog: see SocketWriter.last_progress.
+BACKLOG = 65536
+
+#: Where struct tcp_info (linux/tcp.h) keeps tcpi_bytes_acked, and how much of it to read.
+_BYTES_ACKED_OFFSET = 120
+_TCP_INFO_SIZE = 192
+
+#: The longest wait poll() takes, in milliseconds.
+_POLL_MAX_MS = 2**31 - 1
 
 
 class BorrowedSocket:
@@ -57,7 +69,11 @@ def shutdown_quietly(sock: Any) -> None:
 
 
 def write_frames(
-    sock: Any, frames: Sequence[bytes], deadline: Optional[float] = None, stall_timeout: Optional[float] = None
+    sock: Any,
+    frames: Sequence[bytes],
+    deadline: Optional[float] = None,
+    stall_timeout: Optional[float] = None,
+    waits: Optional[SocketWriter] = None,
 ) -> None:
     """Write ``frames`` back to back, raising :class:`WriteError` with the count fully written.
 
@@ -67,9 +83,11 @@ def write_frames(
     frame (a close frame: at most 131 bytes) is then written whole or not at all: nothing is
     sent before the socket reports room, and room on a TCP socket is far more than that.
 
-    ``stall_timeout`` (the connection's ``write_timeout``) bounds each wait for room instead:
-    a write that makes no progress for that long fails with :class:`WriteTimeoutError`. The
-    waits are ``poll`` calls that shutdown() ends, so nothing polls in a loop.
+    Otherwise each send takes what the socket has room for without blocking, and when it has
+    none the write waits for room in ``poll``, which shutdown() ends. ``stall_timeout`` (the
+    connection's ``write_timeout``) bounds each such wait: a write that makes no progress for
+    that long fails with :class:`WriteTimeoutError`. ``waits`` is told when such a wait begins
+    and ends (see :meth:`SocketWriter.last_progress`).
     """
     data = frames[0] if len(frames) == 1 else b"".join(frames)
     view = memoryview(data)
@@ -79,17 +97,27 @@ def write_frames(
         while sent < total:
             if deadline is not None:
                 if not wait_for(sock, write=True, timeout=remaining(deadline)):
-                    raise TimeoutError("the peer is not reading: the write did not finish in time")
+                    raise _OutOfTime()
                 sent += _send_without_blocking(sock, view[sent:])
-            elif stall_timeout is not None:
-                if isinstance(sock, ssl.SSLSocket) or not _DONTWAIT:
-                    if not wait_for(sock, write=True, timeout=stall_timeout):
-                        raise _Stalled()
-                sent += _send_without_blocking(sock, view[sent:])
-                if sent < total and not wait_for(sock, write=True, timeout=stall_timeout):
+                continue
+            taken = _send_if_room(sock, view[sent:])
+            if taken:
+                sent += taken
+                continue
+            if waits is not None:
+                waits.waiting_for_room = waits.waited_for_room = True
+            try:
+                if not wait_for(sock, write=True, timeout=stall_timeout):
                     raise _Stalled()
-            else:
-                sent += sock.send(view[sent:])
+            finally:
+                if waits is not None:
+                    waits.waiting_for_room = False
+            if waits is not None:
+                waits.room_came()
+    except _OutOfTime:
+        raise TimeoutWriteError(
+            "the peer is not reading: the write did not finish in time", _count_complete(frames, sent)
+        ) from None
     except _Stalled:
         raise WriteTimeoutError(
             f"write timed out: no progress for {stall_timeout} s (the peer is not reading)",
@@ -99,18 +127,31 @@ def write_frames(
         raise WriteError(f"write failed: {exc!r}", _count_complete(frames, sent)) from exc
 
 
+class _OutOfTime(Exception):
+    """A write with a deadline found no room before it (turned into TimeoutWriteError)."""
+
+
 class _Stalled(Exception):
     """A write under a stall timeout found no room in time (turned into WriteTimeoutError)."""
 
 
 def _send_without_blocking(sock: Any, data: memoryview) -> int:
-    """Send what the socket takes now; call only once a poll reported room (or to try)."""
+    """Send what the socket takes now; call only once a poll reported room."""
     if isinstance(sock, ssl.SSLSocket):
         return int(sock.send(data[:_TLS_RECORD]))
     try:
         return int(sock.send(data, _DONTWAIT))
     except BlockingIOError:
         return 0  # the room the poll saw was taken; poll again
+
+
+def _send_if_room(sock: Any, data: memoryview) -> int:
+    """Send what the socket takes now without blocking; 0 when it has no room."""
+    if isinstance(sock, ssl.SSLSocket) or not _DONTWAIT:
+        # No non-blocking flag there: look for room first; one record then never blocks long.
+        if not wait_for(sock, write=True, timeout=0):
+            return 0
+    return _send_without_blocking(sock, data)
 
 
 class SocketWriter:
@@ -137,6 +178,13 @@ class SocketWriter:
         self.can_write_now = bool(_DONTWAIT) and not isinstance(sock, ssl.SSLSocket)
         #: The connection's write_timeout: how long a blocking write may go without progress.
         self.stall_timeout: Optional[float] = None
+        #: When the peer last took data we were waiting to send; see last_progress().
+        self.progress_at = 0.0
+        # Set by the writing thread around its waits for room; read by the heartbeat.
+        self.waiting_for_room = False
+        self.waited_for_room = False  # since the heartbeat last looked
+        self._bytes_acked: Optional[int] = None  # what the heartbeat saw last time
+        self._backlogged = False  # whether the send queue held a backlog last time
 
     @property
     def half_written(self) -> bool:
@@ -154,9 +202,38 @@ class SocketWriter:
         try:
             if self._half_written:
                 raise WriteError("a frame is half written: it must be finished first", 0)
-            write_frames(self.sock, frames, deadline, self.stall_timeout)
+            write_frames(self.sock, frames, deadline, self.stall_timeout, self)
         finally:
             self.lock.release()
+
+    def room_came(self) -> None:
+        """A write found room after waiting for it: the peer acknowledged data."""
+        self.progress_at = time.monotonic()
+
+    def last_progress(self) -> float:
+        """When the peer last took data that a write was waiting to send (heartbeat thread only).
+
+        Room in a full send buffer comes back only as the peer acknowledges data, so a write
+        that waited and went on proves the peer is there. But poll() reports room only once a
+        third of the buffer is free, and a ping waits behind everything the kernel still holds:
+        on a slow path with megabytes of buffer either can take longer than a ping timeout. So
+        on Linux the TCP counter of acknowledged bytes is read too, and any growth counts while
+        a backlog of ours is waiting: a write waited for room, or the send queue holds more
+        than :data:`BACKLOG` bytes. Acknowledgements of a few small frames prove nothing about
+        the peer's application (a hung process's kernel acknowledges our pings), so they do
+        not count; a hung peer stops acknowledging once its receive buffer is full.
+        """
+        acked = bytes_acked(self.sock)
+        queued = bytes_queued(self.sock)
+        backlogged = self.waited_for_room or (queued is not None and queued > BACKLOG)
+        if acked is not None:
+            grew = self._bytes_acked is not None and acked > self._bytes_acked
+            if grew and (backlogged or self._backlogged):
+                self.progress_at = time.monotonic()
+            self._bytes_acked = acked
+        self._backlogged = backlogged
+        self.waited_for_room = self.waiting_for_room
+        return self.progress_at
 
     def write_control(self, frame: bytes, deadline: Optional[float] = None) -> None:
         """Write a control frame (a pong, a ping) now, or right after a half-written frame.
@@ -201,7 +278,7 @@ class SocketWriter:
         """The writer thread completes what :meth:`write_now` began; :class:`WriteError` if it cannot."""
         with self.lock:
             try:
-                write_frames(self.sock, [rest], stall_timeout=self.stall_timeout)
+                write_frames(self.sock, [rest], stall_timeout=self.stall_timeout, waits=self)
             finally:
                 self._half_written = False
             deferred, self._deferred = self._deferred, []
@@ -212,8 +289,35 @@ class SocketWriter:
                     pass  # the message is out; the reader meets the failure and reports it
 
 
-class TimeoutWriteError(WriteError):
-    """A bounded write ran out of time before it could begin."""
+def bytes_acked(sock: Any) -> Optional[int]:
+    """How many bytes the peer has acknowledged on this TCP socket, or None where unknown.
+
+    Read from Linux's ``TCP_INFO`` (``tcpi_bytes_acked``, Linux 4.1 and later).
+    """
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO_SIZE)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _BYTES_ACKED_OFFSET + 8:
+        return None
+    return int(struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0])
+
+
+def bytes_queued(sock: Any) -> Optional[int]:
+    """Bytes in the socket's send queue, not yet acknowledged by the peer (Linux), or None."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return None
+    return int(struct.unpack("i", answer)[0])
 
 
 def wait_for(sock: Any, *, write: bool, timeout: Optional[float]) -> bool:
@@ -227,7 +331,16 @@ def wait_for(sock: Any, *, write: bool, timeout: Optional[float]) -> bool:
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLOUT if write else select.POLLIN)
-        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+        if timeout is None:
+            return bool(poller.poll(None))
+        # poll() takes at most INT_MAX milliseconds (24.8 days): wait longer in several goes.
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            if poller.poll(min(_POLL_MAX_MS, int(left * 1000 + 0.999))):
+                return True
+            if left * 1000 <= _POLL_MAX_MS:
+                return False
     if write:  # pragma: no cover - platforms without poll (Windows)
         return bool(select.select([], [sock], [], timeout)[1])
     return bool(select.select([sock], [], [], timeout)[0])  # pragma: no cover

@@ -23,6 +23,7 @@ __all__ = [
     "CloseFrame",
     "PeerClosingError",
     "Transport",
+    "TimeoutWriteError",
     "WriteError",
     "WriteTimeoutError",
     "new_connection_id",
@@ -63,6 +64,13 @@ class WriteError(TransportError):
         self.written = written
 
 
+class TimeoutWriteError(WriteError):
+    """A write bounded by its own deadline (a close frame, a ping) could not go in time.
+
+    Nothing of it was written: such writes go whole or not at all.
+    """
+
+
 class WriteTimeoutError(WriteError, WriteTimeout):
     """A write made no progress for the transport's ``write_timeout``; ``written`` as for WriteError."""
 
@@ -85,7 +93,7 @@ class Transport(ABC):
         self.connection_id: int = new_connection_id() if connection_id is None else connection_id
         #: ``time.monotonic()`` when bytes last arrived from the peer (any frame, or part of
         #: one): the heartbeat takes it as proof of life. Written by the reading thread only;
-        #: read it through :meth:`last_heard`.
+        #: read it through :meth:`last_sign_of_life`.
         self.heard_at: float = time.monotonic()
         #: Called in the reading thread with the payload of each pong the peer sends.
         self.on_pong: Optional[Callable[[bytes], None]] = None
@@ -156,8 +164,14 @@ class Transport(ABC):
         failing socket may leave part of a frame written.
         """
 
-    def last_heard(self) -> float:
-        """``time.monotonic()`` when the peer was last heard from: any bytes, any frame."""
+    def last_sign_of_life(self) -> float:
+        """``time.monotonic()`` when the peer last showed it is there.
+
+        Any bytes read from it count, and so does room freed in a full send buffer: a write
+        that had to wait and then went on means the peer acknowledged what it had been sent.
+        A write into a buffer with room proves nothing (a dead peer's kernel buffer takes
+        writes too), so it does not count.
+        """
         return self.heard_at
 
     def set_write_timeout(self, timeout: Optional[float]) -> None:

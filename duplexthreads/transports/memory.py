@@ -29,7 +29,7 @@ from typing import Deque, Optional, Sequence, Tuple, Union
 
 from ..exceptions import TransportError
 from ..report import Message
-from .base import CloseFrame, Transport, WriteError, WriteTimeoutError
+from .base import CloseFrame, TimeoutWriteError, Transport, WriteError, WriteTimeoutError
 
 __all__ = ["MemoryTransport", "memory_pair"]
 
@@ -232,7 +232,7 @@ class MemoryTransport(Transport):
                         raise WriteTimeoutError(
                             f"write timed out: no progress for {limit} s (the peer is not reading)", 0
                         )
-                    raise WriteError("write timed out: the peer is not reading", 0)
+                    raise TimeoutWriteError("write timed out: the peer is not reading", 0)
                 self._raise_if_broken(written=0)
             if self._write_fault is not None and not control:
                 if len(items) <= self._write_fault_after:

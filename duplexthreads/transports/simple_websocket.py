@@ -112,6 +112,8 @@ class _GuardedSocket(BorrowedSocket):
         # Bytes that came before the backend thread's first read (server side: what the client
         # sent along with its upgrade request); its first reads return them.
         self.pending = b""
+        # Set by the backend thread when one of its replies (a pong, a close) failed to go.
+        self.write_failure: Optional[WriteError] = None
         # When the last read brought bytes: the heartbeat's proof of life (backend thread only).
         self.heard_at = time.monotonic()
 
@@ -126,7 +128,13 @@ class _GuardedSocket(BorrowedSocket):
 
     def send(self, data: bytes) -> int:
         # The backend thread's replies: whole, and never inside a frame half written.
-        self.writer.write_control(data)
+        try:
+            self.writer.write_control(data)
+        except WriteError as exc:
+            # simple-websocket swallows the error and just stops: keep it for the report
+            # (a pong stuck on a peer that stopped reading is a write timeout).
+            self.write_failure = exc
+            raise
         return len(data)
 
     sendall = send
@@ -463,6 +471,8 @@ class SimpleWebSocketTransport(Transport):
         if watch.violation is not None:
             message, code = watch.violation
             raise ProtocolError(message, code)
+        if self._guard.write_failure is not None:
+            raise self._guard.write_failure
         if watch.peer_close is None:
             if failure is not None:
                 raise TransportError(f"connection lost: {failure!r}") from failure
@@ -478,8 +488,8 @@ class SimpleWebSocketTransport(Transport):
         if on_pong is not None:
             on_pong(payload)
 
-    def last_heard(self) -> float:
-        return self._guard.heard_at
+    def last_sign_of_life(self) -> float:
+        return max(self._guard.heard_at, self._guard.writer.last_progress())
 
     def set_write_timeout(self, timeout: Optional[float]) -> None:
         super().set_write_timeout(timeout)
@@ -505,7 +515,9 @@ class SimpleWebSocketTransport(Transport):
             if self._is_client and protocol.state is ConnectionState.OPEN:
                 # Our client never negotiates an extension, so its data frames are plain masked
                 # frames: build them with our framing (C masking when available), not wsproto's.
-                write_frames(self._guard.raw, _framing.encode_messages(messages), stall_timeout=self.write_timeout)
+                write_frames(
+                    self._guard.raw, _framing.encode_messages(messages), None, self.write_timeout, self._guard.writer
+                )
                 return
             frames: List[bytes] = []
             try:
@@ -514,12 +526,12 @@ class SimpleWebSocketTransport(Transport):
                     frames.append(protocol.send(event))
             except Exception as exc:  # wsproto refuses data once a close frame went either way
                 if frames:
-                    write_frames(self._guard.raw, frames, stall_timeout=self.write_timeout)
+                    write_frames(self._guard.raw, frames, None, self.write_timeout, self._guard.writer)
                 if protocol.state in (ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED):
                     # The backend thread took in the peer's close frame before our reader saw it.
                     raise PeerClosingError("the peer has closed", len(frames)) from exc
                 raise WriteError(f"cannot send: {exc!r}", len(frames)) from exc
-            write_frames(self._guard.raw, frames, stall_timeout=self.write_timeout)
+            write_frames(self._guard.raw, frames, None, self.write_timeout, self._guard.writer)
 
     def send_now(self, message: Message) -> Optional[object]:
         # Once a close frame went either way, the writer decides what may still be sent.

@@ -128,8 +128,8 @@ class WebSocketClientTransport(Transport):
         assert isinstance(rest, bytes)
         self._writer.finish(rest)
 
-    def last_heard(self) -> float:
-        return self._reader.heard_at
+    def last_sign_of_life(self) -> float:
+        return max(self._reader.heard_at, self._writer.last_progress())
 
     def set_write_timeout(self, timeout: Optional[float]) -> None:
         super().set_write_timeout(timeout)

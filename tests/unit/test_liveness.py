@@ -14,6 +14,8 @@ import pytest
 
 import duplexthreads
 from duplexthreads import ConnectionClosed, Duplex, HeartbeatTimeout, Reason, UsageError, WriteTimeout
+from duplexthreads._heartbeat import Pings
+from duplexthreads.testing import MemoryPeer
 
 from .support import SHORT, WAIT, MakePair, memory_transport
 
@@ -183,7 +185,7 @@ def test_ping_returns_the_round_trip_and_sets_latency(make_pair: MakePair) -> No
     conn.start()
     rtt = conn.ping(timeout=WAIT)
     assert 0 <= rtt < WAIT
-    assert conn.latency == rtt
+    assert conn.latency is not None and 0 <= conn.latency <= rtt
     assert 0 <= conn.ping(timeout=WAIT, payload=b"hello") < WAIT
     report = conn.close()
     assert report is not None and report.ok
@@ -311,3 +313,102 @@ def _catch(into: List[BaseException], call: Callable[[], object]) -> None:
         call()
     except BaseException as exc:  # noqa: BLE001 - the test inspects it
         into.append(exc)
+
+
+# -- found by review: what is not silence, and ping() at its edges --------------------------------
+
+
+def test_a_slow_on_message_callback_is_not_the_peer_going_silent(make_pair: MakePair) -> None:
+    """While our reader is in the application's callback it reads nothing, pongs included."""
+    release = threading.Event()
+    calls: List[str] = []
+
+    def slow(message: object) -> None:
+        calls.append(str(message))
+        release.wait(6 * TIMEOUT)  # several heartbeat timeouts in the application's code
+
+    conn, peer = make_pair(ping_interval=INTERVAL, ping_timeout=TIMEOUT, on_message=slow)
+    pings = spy_on_pings(conn)
+    conn.start()
+    peer.send("take your time")
+    pings.wait_calls(4)  # the heartbeat ran through the callback's time
+    assert not conn.closed
+    release.set()
+    report = conn.close()
+    assert report is not None and report.ok, report.describe() if report else None
+    assert calls == ["take your time"]
+
+
+def test_a_full_inbound_queue_is_not_the_peer_going_silent(make_pair: MakePair) -> None:
+    conn, peer = make_pair(ping_interval=INTERVAL, ping_timeout=TIMEOUT, max_queue=1)
+    pings = spy_on_pings(conn)
+    conn.start()
+    for index in range(3):
+        peer.send(f"m{index}")
+    pings.wait_calls(4)  # the application takes nothing for several timeouts
+    assert not conn.closed
+    assert [conn.recv(timeout=WAIT) for _ in range(3)] == ["m0", "m1", "m2"]
+    report = conn.close()
+    assert report is not None and report.ok
+
+
+def test_no_ping_follows_our_close_frame(make_pair: MakePair) -> None:
+    conn, peer = make_pair(ping_interval=INTERVAL / 5, ping_timeout=None, close_timeout=10 * INTERVAL)
+    peer.go_silent()  # never answers the close: the close runs its whole time
+    pings = spy_on_pings(conn)
+    conn.start()
+    pings.wait_calls(2)
+    closing_from = time.monotonic()
+    report = conn.close()
+    assert report is not None and isinstance(report.error, TimeoutError)
+    assert not [at for at, _ in pings.calls if at > closing_from + 0.005]
+
+
+def test_ping_from_the_reader_thread_is_refused() -> None:
+    outcome: List[BaseException] = []
+    ours, theirs = duplexthreads.transports.memory_pair()
+    holder: List[Duplex] = []
+
+    def on_message(message: object) -> None:
+        _catch(outcome, lambda: holder[0].ping(timeout=WAIT))
+
+    conn = Duplex(ours, on_message=on_message, ping_interval=None)
+    holder.append(conn)
+    peer = MemoryPeer(theirs)
+    conn.start()
+    peer.send("ping from in here")
+    report = conn.close()
+    peer.stop()
+    assert report is not None and report.ok
+    assert len(outcome) == 1 and isinstance(outcome[0], UsageError)
+
+
+def test_ping_on_a_connection_that_failed_raises_connection_closed(make_pair: MakePair) -> None:
+    conn, peer = make_pair(ping_interval=None)
+    conn.start()
+    peer.reset()
+    with pytest.raises(ConnectionClosed):
+        conn.ping(timeout=WAIT)
+
+
+def test_pings_sharing_a_payload_each_get_the_pong() -> None:
+    """One ping() giving up must not take the shared pong away from another."""
+    pings = Pings()
+    first = pings.register(b"same", waited=True)
+    second = pings.register(b"same", waited=True)
+    assert first is second
+    pings.release(b"same", first)  # the first caller timed out
+    pings.pong(b"same")
+    assert second.answered.is_set() and second.answered_at is not None
+    assert pings.latency is not None
+
+
+def test_a_pong_settles_the_pings_before_it() -> None:
+    pings = Pings()
+    older, newer = pings.register(b"a"), pings.register(b"b")
+    pings.pong(b"b")
+    assert older.answered.is_set() and newer.answered.is_set()
+    pings.pong(b"unknown")  # unsolicited: nothing to settle, no error
+    pings.cancel_all()
+    late = pings.register(b"c", waited=True)
+    assert late.answered.is_set() and late.answered_at is None  # over: nothing will answer
