@@ -23,6 +23,7 @@ from .exceptions import (
     UsageError,
     WriteTimeout,
 )
+from .reconnect import Backoff, ReconnectingClient
 from .report import ExitReport, Message, Reason
 from .server import accept
 from .session import (
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "Backoff",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
@@ -56,6 +58,7 @@ __all__ = [
     "Message",
     "ProtocolError",
     "Reason",
+    "ReconnectingClient",
     "TransportError",
     "UsageError",
     "WriteTimeout",

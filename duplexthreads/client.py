@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union, overload
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from .reconnect import Backoff, ReconnectingClient
 
 from ._deadline import timeout_arg
-from .report import Message
+from .report import ExitReport, Message
 from .session import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -29,7 +34,15 @@ BACKENDS = ("websocket-client", "simple-websocket")
 Headers = HeadersArg
 
 
-def connect(
+@overload
+def connect(url: str, *, reconnect: Literal[False] = False, **options: Any) -> Duplex: ...
+
+
+@overload
+def connect(url: str, *, reconnect: Union[Literal[True], Backoff], **options: Any) -> ReconnectingClient: ...
+
+
+def connect(  # type: ignore[misc]  # the overloads above only split the return type by reconnect
     url: str,
     *,
     backend: str = "websocket-client",
@@ -45,7 +58,11 @@ def connect(
     ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
     write_timeout: Optional[float] = None,
     max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
-) -> Duplex:
+    reconnect: Union[bool, Backoff] = False,
+    reconnect_on_normal_close: bool = False,
+    on_open: Optional[Callable[[Duplex], Any]] = None,
+    on_close: Optional[Callable[[ExitReport], Any]] = None,
+) -> Union[Duplex, ReconnectingClient]:
     """Open a WebSocket connection to ``url`` and return it, already started.
 
     Every argument is checked before any I/O: a wrong type raises ``TypeError`` and a wrong
@@ -67,7 +84,37 @@ def connect(
     ping; ``write_timeout`` ends one whose writes make no progress. An incoming message over
     ``max_message_size`` bytes (1 MiB by default; ``None``: no limit) fails the connection
     with close code 1009 as soon as its size is known, without reading the rest.
+
+    ``reconnect=True`` (or a :class:`~duplexthreads.Backoff`) returns a
+    :class:`~duplexthreads.ReconnectingClient` instead, which opens a new connection with these
+    options whenever one ends abnormally; ``reconnect_on_normal_close``, ``on_open(conn)`` and
+    ``on_close(report)`` apply to it only (see :mod:`duplexthreads.reconnect`).
     """
+    if reconnect is not False:
+        from .reconnect import connect_reconnecting
+
+        return connect_reconnecting(
+            url,
+            reconnect=reconnect,
+            reconnect_on_normal_close=reconnect_on_normal_close,
+            on_open=on_open,
+            on_close=on_close,
+            backend=backend,
+            headers=headers,
+            subprotocols=subprotocols,
+            ssl_context=ssl_context,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            max_queue=max_queue,
+            on_message=on_message,
+            close_at_exit=close_at_exit,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            write_timeout=write_timeout,
+            max_message_size=max_message_size,
+        )
+    if reconnect_on_normal_close is not False or on_open is not None or on_close is not None:
+        raise ValueError("reconnect_on_normal_close, on_open and on_close apply only with reconnect=True or a Backoff")
     # The options of the connection itself come first: a mistake there must not cost a handshake.
     check_session_options(
         on_message=on_message,

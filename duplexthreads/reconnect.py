@@ -812,7 +812,9 @@ def connect_reconnecting(
     from . import client  # here: client imports this module
 
     def opener() -> Duplex:
-        return client.connect(url, **connect_options)
+        conn = client.connect(url, **connect_options)
+        assert isinstance(conn, Duplex)  # without reconnect= it is a plain connection
+        return conn
 
     return ReconnectingClient(
         opener,

@@ -1,7 +1,7 @@
 """The reconnecting client against real loopback servers that fail under it.
 
-Each test sends 10,000 numbered messages through ``connect(url, reconnect=...)`` (by way of
-``connect_reconnecting``) while the server misbehaves, then checks both sides: every number
+Each test sends 10,000 numbered messages through ``connect(url, reconnect=...)`` while the
+server misbehaves, then checks both sides: every number
 reached the server, in order within each connection, and the client's accounting (what each
 connection wrote plus what is still unsent) covers every message it accepted.
 
@@ -19,8 +19,9 @@ from typing import Iterator, List, Optional
 
 import pytest
 
+import duplexthreads
 from duplexthreads import ConnectError, ConnectionClosed, ConnectionClosedError, HandshakeRejected, Reason
-from duplexthreads.reconnect import Backoff, ReconnectingClient, connect_reconnecting
+from duplexthreads.reconnect import Backoff, ReconnectingClient
 from duplexthreads.testing import PeerConnection, ScriptedPeer
 
 from ..timing import UNIT
@@ -150,7 +151,7 @@ def dropping_server() -> Iterator[DroppingServer]:
 
 
 def test_a_server_that_drops_every_few_hundred_messages(dropping_server: DroppingServer, backend: str) -> None:
-    client = connect_reconnecting(
+    client = duplexthreads.connect(
         dropping_server.peer.url, reconnect=BACKOFF, backend=backend, max_queue=200, ping_interval=None
     )
     try:
@@ -177,7 +178,7 @@ def test_a_server_restarted_on_the_same_port(backend: str) -> None:
     port = peers[0].port
     client: Optional[ReconnectingClient] = None
     try:
-        client = connect_reconnecting(
+        client = duplexthreads.connect(
             peers[0].url, reconnect=BACKOFF, backend=backend, on_close=lambda report: ended.release()
         )
         server.add(peers[0].next_connection(TIMEOUT))
@@ -215,7 +216,7 @@ def test_a_5xx_is_retried_and_a_4xx_stops_for_good() -> None:
     port = peers[0].port
     client: Optional[ReconnectingClient] = None
     try:
-        client = connect_reconnecting(peers[0].url, reconnect=BACKOFF, on_close=lambda report: ended.release())
+        client = duplexthreads.connect(peers[0].url, reconnect=BACKOFF, on_close=lambda report: ended.release())
         peers[0].next_connection(TIMEOUT)
         peers[0].close()
         assert ended.acquire(timeout=TIMEOUT)
@@ -244,7 +245,7 @@ def test_the_first_connection_fails_loudly() -> None:
     with ScriptedPeer(timeout=TIMEOUT) as peer:
         url = peer.url
     with pytest.raises(ConnectError):  # nothing listens there any more
-        connect_reconnecting(url, reconnect=True, open_timeout=TIMEOUT)
+        duplexthreads.connect(url, reconnect=True, open_timeout=TIMEOUT)
     with ScriptedPeer(reject=401, timeout=TIMEOUT) as peer, pytest.raises(HandshakeRejected) as caught:
-        connect_reconnecting(peer.url, reconnect=True, open_timeout=TIMEOUT)
+        duplexthreads.connect(peer.url, reconnect=True, open_timeout=TIMEOUT)
     assert caught.value.status == 401

@@ -23,6 +23,7 @@ from duplexthreads import (
 
 PUBLIC_NAMES = {
     "BACKENDS",
+    "Backoff",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
@@ -41,6 +42,7 @@ PUBLIC_NAMES = {
     "Message",
     "ProtocolError",
     "Reason",
+    "ReconnectingClient",
     "TransportError",
     "UsageError",
     "WriteTimeout",

@@ -18,6 +18,7 @@ from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple
 
 import pytest
 
+import duplexthreads
 from duplexthreads import (
     ConnectError,
     ConnectionClosed,
@@ -1047,3 +1048,16 @@ def test_connection_closed_carries_the_final_report(server: Server, make_client:
     with pytest.raises(ConnectionClosed) as caught:
         client.recv()
     assert caught.value.report is report
+
+
+def test_connect_takes_the_reconnect_options_only_with_reconnect() -> None:
+    for option in ({"on_open": print}, {"on_close": print}, {"reconnect_on_normal_close": True}):
+        with pytest.raises(ValueError, match="only with reconnect"):
+            duplexthreads.connect("ws://127.0.0.1:9/", **option)  # type: ignore[call-overload]
+
+
+def test_connect_with_reconnect_checks_its_arguments_before_any_io() -> None:
+    with pytest.raises(TypeError, match="reconnect"):
+        duplexthreads.connect("ws://127.0.0.1:9/", reconnect="always")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="ping_interval"):
+        duplexthreads.connect("ws://127.0.0.1:9/", reconnect=True, ping_interval=0)
