@@ -41,7 +41,7 @@ MAX_OUTSTANDING = 32
 class SentPing:
     """One ping in flight: when it left, and when its pong (or a later one) came back."""
 
-    __slots__ = ("answered", "answered_at", "sent_at", "waiters")
+    __slots__ = ("answered", "answered_at", "sent_at", "waiters", "written")
 
     def __init__(self) -> None:
         self.sent_at = time.monotonic()
@@ -51,6 +51,9 @@ class SentPing:
         # How many ping() calls wait for it (they may share a payload); while any does, it is
         # never dropped to make room, nor forgotten when another of them gives up.
         self.waiters = 0
+        # Set once the ping is on the wire: a later pong settles only pings that went out
+        # (one still waiting to be written cannot have been answered).
+        self.written = False
 
 
 class Pings:
@@ -118,12 +121,16 @@ class Pings:
             sent = self._outstanding.get(payload)
             if sent is None:
                 return  # unsolicited, or for a ping forgotten already: proof of life only
-            while True:
-                key, earlier = self._outstanding.popitem(last=False)
-                earlier.answered_at = now
-                earlier.answered.set()
+            settled = []
+            for key, earlier in self._outstanding.items():
+                if key == payload or earlier.written:
+                    settled.append((key, earlier))
                 if key == payload:
                     break
+            for key, earlier in settled:
+                del self._outstanding[key]
+                earlier.answered_at = now
+                earlier.answered.set()
             self.latency = now - sent.sent_at
 
     def cancel_all(self) -> None:
@@ -191,5 +198,6 @@ def heartbeat_loop(
             unanswered.append(sent.sent_at)
             try:
                 transport.send_ping(payload, 0)
+                sent.written = True
             except TransportError:
                 pings.forget(payload)  # not written: a sign of life must still come in time

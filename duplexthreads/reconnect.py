@@ -22,7 +22,8 @@ What ends the client for good:
   ``close()`` in a browser or Node sends), unless ``reconnect_on_normal_close=True``;
 - a reconnect answered with an HTTP 4xx status, other than 408 and 429: a rejected token or a
   wrong path will not fix itself;
-- ``Backoff.max_attempts`` failed openings in a row, or an opener that raises something other
+- ``Backoff.max_attempts`` attempts in a row that failed to open or whose connection ended
+  within ``reset_after`` seconds, or an opener that raises something other
   than :class:`~duplexthreads.ConnectError` (a bug: it is logged and not retried).
 
 Everything else is retried: a refused or timed-out opening, a 5xx, 408 or 429, a reset or a
@@ -90,6 +91,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -142,7 +144,8 @@ class Backoff:
     itself. ``jitter=0`` waits exactly the schedule, ``jitter=1`` anything from 0 to it ("full
     jitter"). The pause never exceeds ``cap``.
 
-    ``max_attempts`` failed openings in a row end the client for good (None: never give up).
+    ``max_attempts`` attempts in a row that failed to open, or opened a connection that ended
+    within ``reset_after``, end the client for good (None: never give up).
     A connection that stays open ``reset_after`` seconds starts the series again from
     ``initial``; one that ends sooner counts as one more failure, so that a server which accepts
     and drops at once is not hammered. ``reset_after=0`` resets on every successful opening.
@@ -234,7 +237,8 @@ class _Stop:
 
 
 def _pause(seconds: float, stop: threading.Event) -> None:
-    stop.wait(seconds)
+    # Past threading.TIMEOUT_MAX (292 years) a wait overflows; that long is forever anyway.
+    stop.wait(min(seconds, threading.TIMEOUT_MAX))
 
 
 class ReconnectingClient:
@@ -315,8 +319,16 @@ class ReconnectingClient:
         self._failures = 0
         #: When the current connection opened, on ``clock``: how long it lived decides the backoff.
         self._opened_at = 0.0
+        # The caller's thread while it opens the first connection: it plays the supervisor's
+        # part then (on_open, handing over what waits), so it is one of the client's own threads.
+        self._first_opener: Optional[threading.Thread] = threading.current_thread()
+        # A client inherited by a child process through fork() belongs to the parent.
+        self._pid = os.getpid()
 
-        conn = self._open_first()
+        try:
+            conn = self._open_first()
+        finally:
+            self._first_opener = None
         self._thread = threading.Thread(
             target=self._supervise, args=(conn,), name=thread_name(self.id, "reconnect"), daemon=True
         )
@@ -342,8 +354,9 @@ class ReconnectingClient:
         deadline = deadline_after(timeout)
         refused: Optional[Duplex] = None  # a connection that raised ConnectionClosed for this message
         limit = self.max_queue
-        # A callback (in the supervisor) must not wait for room: only the supervisor makes room.
-        in_callback = threading.current_thread() is getattr(self, "_thread", None)
+        # The client's own threads must not wait for room: only the supervisor makes room, and
+        # it may be waiting for them (a callback, or on_message replying through the client).
+        in_callback = self._own_thread()[1]
         while True:
             with self._cond:
                 while True:
@@ -424,6 +437,12 @@ class ReconnectingClient:
         check_close_code(code)
         check_close_reason(reason)
         timeout = timeout_arg(timeout, "timeout")
+        if os.getpid() != self._pid:
+            # No supervisor exists here: release this process's copy of the connection only.
+            current = self._current
+            if current is not None:
+                current.close()
+            return None
         supervisor, own = self._own_thread()
         with self._cond:
             if self._stop is None:
@@ -474,13 +493,22 @@ class ReconnectingClient:
         callback or one of the connection's threads (it would wait for itself).
         """
         timeout = timeout_arg(timeout, "timeout")
+        self._check_not_inherited()
         if self._own_thread()[1]:
             raise UsageError("wait() called from the client's own threads would wait for itself")
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"reconnecting client {self.id} still running after {timeout} s")
-        assert self._report is not None
-        return self._report
+        report = self._report
+        assert report is not None, "the supervisor publishes the final report before it ends"
+        return report
+
+    def _check_not_inherited(self) -> None:
+        if os.getpid() != self._pid:
+            raise UsageError(
+                f"reconnecting client {self.id} was inherited through fork(): it belongs to the parent "
+                "process, and this process may only close() it"
+            )
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -515,7 +543,8 @@ class ReconnectingClient:
 
     @property
     def attempts(self) -> int:
-        """Failed openings since the last connection opened (what ``max_attempts`` counts)."""
+        """Attempts in a row that failed to open, or whose connection ended within
+        ``reset_after`` (what ``max_attempts`` counts); 0 again once a connection lasts."""
         return self._attempts
 
     @property
@@ -545,7 +574,7 @@ class ReconnectingClient:
     def _own_thread(self) -> Tuple[bool, bool]:
         """(in the supervisor thread, in the supervisor or one of the current connection's threads)."""
         me = threading.current_thread()
-        if me is getattr(self, "_thread", None):
+        if me is getattr(self, "_thread", None) or me is self._first_opener:
             return True, True
         conn = self._current
         return False, conn is not None and me in conn.threads()
@@ -579,13 +608,11 @@ class ReconnectingClient:
             self._state = _State.REPLAYING
             self._unread.append(conn)
         try:
-            self._call("on_open", self._on_open, conn)
+            # As for every later connection: on_open, what it sent meanwhile, a close it asked for.
+            self._replay(conn)
         except BaseException:  # Ctrl-C in the callback: nothing may be left running
             conn.abort()
             raise
-        with self._cond:
-            if self._current is conn and self._state is _State.REPLAYING:
-                self._state = _State.CONNECTED
         return conn
 
     def _supervise(self, conn: Duplex) -> None:
@@ -607,6 +634,23 @@ class ReconnectingClient:
                 self._call("on_close", self._on_close, last)
                 if lived >= self.backoff.reset_after:
                     self._failures = 0
+                    with self._cond:
+                        self._attempts = 0
+                elif self._why_stop(last) is None:
+                    # A connection that did not last counts as a failed attempt, so that a
+                    # server which accepts and drops at once also exhausts max_attempts.
+                    with self._cond:
+                        self._attempts += 1
+                        exhausted = (
+                            self.backoff.max_attempts is not None and self._attempts >= self.backoff.max_attempts
+                        )
+                    if exhausted:
+                        give_up = ConnectError(
+                            f"{self._attempts} attempts in a row failed or ended within reset_after "
+                            f"({self.backoff.reset_after:g} s): {last.describe()}"
+                        )
+                        logger.warning("reconnecting client %d gives up: %s", self.id, give_up)
+                        break
                 why = self._why_stop(last)
                 if why is not None:
                     logger.info("reconnecting client %d stops: %s (%s)", self.id, why, last.describe())
@@ -666,7 +710,7 @@ class ReconnectingClient:
                     why = "rejected" if final else f"{self._attempts} failed attempts in a row"
                     logger.warning("reconnecting client %d gives up (%s): %r", self.id, why, exc)
                     return None, exc
-                logger.warning("reconnecting client %d: attempt %d failed: %r", self.id, self._attempts, exc)
+                logger.info("reconnecting client %d: attempt %d failed: %r", self.id, self._attempts, exc)
                 self._failures += 1
                 continue
             except Exception as exc:
@@ -690,7 +734,8 @@ class ReconnectingClient:
                 return None, error
             self._opened_at = self._clock()
             with self._cond:
-                self._attempts = 0
+                if self.backoff.reset_after == 0:
+                    self._attempts = 0  # every opening counts as a success at once
                 self._current = conn
                 self._state = _State.REPLAYING
                 self._unread.append(conn)
@@ -746,6 +791,11 @@ class ReconnectingClient:
     def _ended(self, conn: Duplex, report: ExitReport) -> None:
         """``conn`` ended: its unsent messages go first in line, its report on the list."""
         with self._cond:
+            if self._reports:
+                # The error of an older report keeps its traceback, whose frames hold that
+                # connection's transport, threads and queues: a flapping server would grow
+                # memory by kilobytes per reconnect. The exceptions stay; their frames go.
+                _forget_frames(self._reports[-1].error)
             self._reports.append(report)
             if self._current is conn:
                 self._current = None
@@ -778,6 +828,15 @@ class ReconnectingClient:
             callback(argument)
         except Exception:
             logger.exception("reconnecting client %d: %s callback raised", self.id, name)
+
+
+def _forget_frames(error: Optional[BaseException]) -> None:
+    """Drop the tracebacks of ``error`` and the exceptions chained to it."""
+    seen = 0
+    while error is not None and seen < 16:
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+        seen += 1
 
 
 def _message(message: object) -> Message:

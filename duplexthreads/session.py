@@ -296,6 +296,7 @@ class Duplex:
                 raise self._closed_error(deadline)
             try:
                 self.transport.send_ping(payload, remaining(deadline))
+                sent.written = True
             except TimeoutWriteError:
                 raise TimeoutError(
                     f"the ping could not be sent within {timeout} s: another write holds the socket"

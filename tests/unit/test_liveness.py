@@ -403,11 +403,13 @@ def test_pings_sharing_a_payload_each_get_the_pong() -> None:
     assert pings.latency is not None
 
 
-def test_a_pong_settles_the_pings_before_it() -> None:
+def test_a_pong_settles_the_pings_before_it_that_went_out() -> None:
     pings = Pings()
-    older, newer = pings.register(b"a"), pings.register(b"b")
+    older, unwritten, newer = pings.register(b"a"), pings.register(b"u", waited=True), pings.register(b"b")
+    older.written = newer.written = True
     pings.pong(b"b")
     assert older.answered.is_set() and newer.answered.is_set()
+    assert not unwritten.answered.is_set()  # still waiting to go out: no pong can be its answer
     pings.pong(b"unknown")  # unsolicited: nothing to settle, no error
     pings.cancel_all()
     late = pings.register(b"c", waited=True)

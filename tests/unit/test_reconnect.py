@@ -1061,3 +1061,78 @@ def test_connect_with_reconnect_checks_its_arguments_before_any_io() -> None:
         duplexthreads.connect("ws://127.0.0.1:9/", reconnect="always")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="ping_interval"):
         duplexthreads.connect("ws://127.0.0.1:9/", reconnect=True, ping_interval=0)
+
+
+# -- found by review ---------------------------------------------------------------------------------
+
+
+def test_a_server_that_accepts_and_drops_at_once_exhausts_max_attempts(server: Server, make_client: MakeClient) -> None:
+    backoff = Backoff(initial=0.001, cap=0.002, jitter=0.0, max_attempts=3, reset_after=WAIT)
+    client = make_client(backoff=backoff)
+    for index in range(3):
+        server.peer(index).reset()
+    report = client.wait(WAIT)
+    assert server.calls == 3
+    assert isinstance(report.error, duplexthreads.ConnectError) and "3 attempts in a row" in str(report.error)
+
+
+def test_a_pause_longer_than_threads_can_wait_is_waited_until_close(server: Server) -> None:
+    client = ReconnectingClient(server, backoff=Backoff(initial=1e10, cap=1e10, jitter=0.0))
+    caught: List[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: caught.append(args.exc_value)  # type: ignore[assignment,return-value]
+    try:
+        server.peer(0).reset()
+        threading.Event().wait(SHORT)  # the supervisor starts its pause (nothing to await)
+        assert not client.closed
+        report = client.close()
+    finally:
+        threading.excepthook = previous
+    assert report is not None and caught == []
+
+
+def test_on_message_replying_through_the_client_never_waits_for_the_supervisor(server: Server) -> None:
+    """The reader must not wait for room only the supervisor can make: the supervisor may be
+    waiting for that very reader to end (it did, until the 2 s backstop named it lingering)."""
+    holder: List[ReconnectingClient] = []
+    entered, go, replied = threading.Event(), threading.Event(), threading.Event()
+
+    def reply(message: object) -> None:
+        if message != "question":
+            return
+        entered.set()
+        assert go.wait(WAIT)
+        for index in range(5):
+            holder[0].send(f"reply {index}")  # no timeout: would wait for room if it could
+        replied.set()
+
+    server.options["on_message"] = reply
+    client = ReconnectingClient(server, backoff=QUICK, max_queue=1)
+    holder.append(client)
+    peer = server.peer(0)
+    peer.send("question")
+    assert entered.wait(WAIT)
+    peer.reset()
+    client.send("fails to go")  # the writer meets the reset: the connection ends around the reader
+    go.set()
+    assert replied.wait(WAIT)
+    server.peer(1)
+    report = client.close()
+    assert report is not None
+    assert all(not r.lingering for r in client.reports), [r.lingering for r in client.reports]
+
+
+def test_older_reports_keep_their_errors_but_not_their_frames(server: Server, make_client: MakeClient) -> None:
+    client = make_client()
+    for index in range(3):
+        server.peer(index).reset()
+    server.peer(3)
+    reports = client.reports
+    assert len(reports) == 3 and all(r.error is not None for r in reports)
+    assert all(r.error is not None and r.error.__traceback__ is None for r in reports[:-1])
+    client.close()
+
+
+def test_a_reconnecting_client_needs_a_finite_open_timeout() -> None:
+    with pytest.raises(ValueError, match="open_timeout"):
+        duplexthreads.connect("ws://127.0.0.1:9/", reconnect=True, open_timeout=None)
