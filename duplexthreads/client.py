@@ -19,7 +19,7 @@ from .session import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
     Duplex,
-    check_session_options,
+    SessionOptions,
     start_session,
 )
 from .transports._opening import HeadersArg, check_max_message_size, client_request
@@ -90,13 +90,23 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
     options whenever one ends abnormally; ``reconnect_on_normal_close``, ``on_open(conn)`` and
     ``on_close(report)`` apply to it only (see :mod:`duplexthreads.reconnect`).
     """
+    # The options of the connection itself come first: a mistake there must not cost a handshake.
+    options = SessionOptions(
+        on_message=on_message,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+        close_at_exit=close_at_exit,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        write_timeout=write_timeout,
+    ).check()
+    check_max_message_size(max_message_size)
     if reconnect is not False:
         from .reconnect import connect_reconnecting
 
         if open_timeout is None:
             # Nothing can interrupt an opening in flight: close() and abort() wait for it.
             raise ValueError("a reconnecting client needs a finite open_timeout: close() waits for an opening")
-
         return connect_reconnecting(
             url,
             reconnect=reconnect,
@@ -108,28 +118,11 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
             subprotocols=subprotocols,
             ssl_context=ssl_context,
             open_timeout=open_timeout,
-            close_timeout=close_timeout,
-            max_queue=max_queue,
-            on_message=on_message,
-            close_at_exit=close_at_exit,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            write_timeout=write_timeout,
             max_message_size=max_message_size,
+            **options.as_kwargs(),
         )
     if reconnect_on_normal_close is not False or on_open is not None or on_close is not None:
         raise ValueError("reconnect_on_normal_close, on_open and on_close apply only with reconnect=True or a Backoff")
-    # The options of the connection itself come first: a mistake there must not cost a handshake.
-    check_session_options(
-        on_message=on_message,
-        max_queue=max_queue,
-        close_timeout=close_timeout,
-        close_at_exit=close_at_exit,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        write_timeout=write_timeout,
-    )
-    check_max_message_size(max_message_size)
     transport = open_transport(
         url,
         backend=backend,
@@ -139,16 +132,7 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
         open_timeout=open_timeout,
         max_message_size=max_message_size,
     )
-    return start_session(
-        transport,
-        on_message=on_message,
-        max_queue=max_queue,
-        close_timeout=close_timeout,
-        close_at_exit=close_at_exit,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        write_timeout=write_timeout,
-    )
+    return start_session(transport, options)
 
 
 def open_transport(

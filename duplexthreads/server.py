@@ -12,7 +12,7 @@ from .session import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
     Duplex,
-    check_session_options,
+    SessionOptions,
     start_session,
 )
 
@@ -45,7 +45,7 @@ def accept(
     options of :func:`~duplexthreads.connect`: a client whose TCP died is dropped within
     ``ping_interval + ping_timeout``, one that stopped reading within ``write_timeout``.
     """
-    check_session_options(
+    options = SessionOptions(
         on_message=on_message,
         max_queue=max_queue,
         close_timeout=close_timeout,
@@ -53,17 +53,8 @@ def accept(
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         write_timeout=write_timeout,
-    )
+    ).check()
     from .transports.simple_websocket import SimpleWebSocketTransport
 
     transport = SimpleWebSocketTransport.accept(environ, subprotocols=subprotocols, max_message_size=max_message_size)
-    return start_session(
-        transport,
-        on_message=on_message,
-        max_queue=max_queue,
-        close_timeout=close_timeout,
-        close_at_exit=close_at_exit,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        write_timeout=write_timeout,
-    )
+    return start_session(transport, options)

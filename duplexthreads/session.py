@@ -12,8 +12,9 @@ import queue
 import re
 import threading
 import time
+from dataclasses import dataclass, fields
 from types import TracebackType
-from typing import Callable, Iterator, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type, Union
 
 from ._causes import AbortRequest, close_request
 from ._deadline import deadline_after, remaining, timeout_arg
@@ -87,7 +88,7 @@ class Duplex:
     ) -> None:
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a duplexthreads Transport, not {type(transport).__name__}")
-        check_session_options(
+        options = SessionOptions(
             on_message=on_message,
             max_queue=max_queue,
             close_timeout=close_timeout,
@@ -95,7 +96,7 @@ class Duplex:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             write_timeout=write_timeout,
-        )
+        ).check()
         self.transport = transport
         self.id = transport.connection_id
         self.close_timeout = timeout_arg(close_timeout, "close_timeout")
@@ -103,13 +104,13 @@ class Duplex:
         self._direct_writes = transport.direct_writes
         self._protocol = ExitProtocol(
             transport,
-            on_message=on_message,
-            max_queue=max_queue,
+            on_message=options.on_message,
+            max_queue=options.max_queue,
             close_timeout=self.close_timeout,
-            close_at_exit=close_at_exit,
-            ping_interval=timeout_arg(ping_interval, "ping_interval"),
-            ping_timeout=timeout_arg(ping_timeout, "ping_timeout"),
-            write_timeout=timeout_arg(write_timeout, "write_timeout"),
+            close_at_exit=options.close_at_exit,
+            ping_interval=timeout_arg(options.ping_interval, "ping_interval"),
+            ping_timeout=timeout_arg(options.ping_timeout, "ping_timeout"),
+            write_timeout=timeout_arg(options.write_timeout, "write_timeout"),
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -379,59 +380,46 @@ def check_encodable(text: str) -> None:
         raise ValueError(f"text message is not encodable as UTF-8 (a lone surrogate?): {exc}") from None
 
 
-def check_session_options(
-    *,
-    on_message: Optional[Callable[[Message], None]],
-    max_queue: Optional[int],
-    close_timeout: Optional[float],
-    close_at_exit: bool = True,
-    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
-    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
-    write_timeout: Optional[float] = None,
-) -> None:
-    """The options every connection takes, checked before any I/O (connect() calls this first)."""
-    if max_queue is not None:
-        if not isinstance(max_queue, int) or isinstance(max_queue, bool):
-            raise TypeError(f"max_queue must be an int or None, not {type(max_queue).__name__}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1 (or None for no bound), not {max_queue}")
-    timeout_arg(close_timeout, "close_timeout")
-    for name, value in (
-        ("ping_interval", ping_interval),
-        ("ping_timeout", ping_timeout),
-        ("write_timeout", write_timeout),
-    ):
-        if timeout_arg(value, name) == 0:
-            raise ValueError(f"{name} must be a number of seconds > 0 (None turns it off), not {value!r}")
-    if on_message is not None and not callable(on_message):
-        raise TypeError(f"on_message must be callable, not {type(on_message).__name__}")
-    if not isinstance(close_at_exit, bool):
-        raise TypeError(f"close_at_exit must be True or False, not {type(close_at_exit).__name__}")
+@dataclass(frozen=True)
+class SessionOptions:
+    """The options every connection takes, in one place for connect(), accept() and Duplex."""
+
+    on_message: Optional[Callable[[Message], None]] = None
+    max_queue: Optional[int] = DEFAULT_MAX_QUEUE
+    close_timeout: Optional[float] = DEFAULT_CLOSE_TIMEOUT
+    close_at_exit: bool = True
+    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL
+    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT
+    write_timeout: Optional[float] = None
+
+    def check(self) -> SessionOptions:
+        """Raise ``TypeError``/``ValueError`` naming a wrong option, before any I/O; return self."""
+        max_queue = self.max_queue
+        if max_queue is not None:
+            if not isinstance(max_queue, int) or isinstance(max_queue, bool):
+                raise TypeError(f"max_queue must be an int or None, not {type(max_queue).__name__}")
+            if max_queue < 1:
+                raise ValueError(f"max_queue must be at least 1 (or None for no bound), not {max_queue}")
+        timeout_arg(self.close_timeout, "close_timeout")
+        for name in ("ping_interval", "ping_timeout", "write_timeout"):
+            value = getattr(self, name)
+            if timeout_arg(value, name) == 0:
+                raise ValueError(f"{name} must be a number of seconds > 0 (None turns it off), not {value!r}")
+        if self.on_message is not None and not callable(self.on_message):
+            raise TypeError(f"on_message must be callable, not {type(self.on_message).__name__}")
+        if not isinstance(self.close_at_exit, bool):
+            raise TypeError(f"close_at_exit must be True or False, not {type(self.close_at_exit).__name__}")
+        return self
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        """The options as keyword arguments of ``Duplex`` (and ``connect``)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-def start_session(
-    transport: Transport,
-    *,
-    on_message: Optional[Callable[[Message], None]],
-    max_queue: Optional[int],
-    close_timeout: Optional[float],
-    close_at_exit: bool = True,
-    ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
-    ping_timeout: Optional[float] = DEFAULT_PING_TIMEOUT,
-    write_timeout: Optional[float] = None,
-) -> Duplex:
+def start_session(transport: Transport, options: SessionOptions) -> Duplex:
     """A started Duplex over a freshly opened transport, which is closed if that fails."""
     try:
-        conn = Duplex(
-            transport,
-            on_message=on_message,
-            max_queue=max_queue,
-            close_timeout=close_timeout,
-            close_at_exit=close_at_exit,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            write_timeout=write_timeout,
-        )
+        conn = Duplex(transport, **options.as_kwargs())
     except BaseException:
         transport.shutdown()
         transport.close(0)
