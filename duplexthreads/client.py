@@ -104,7 +104,7 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
     if reconnect is not False:
         from .reconnect import connect_reconnecting
 
-        if open_timeout is None:
+        if timeout_arg(open_timeout, "open_timeout") is None:  # None, inf, or past what threads can wait
             # Nothing can interrupt an opening in flight: close() and abort() wait for it.
             raise ValueError("a reconnecting client needs a finite open_timeout: close() waits for an opening")
         return connect_reconnecting(

@@ -349,6 +349,7 @@ class ReconnectingClient:
         that cannot be sent; :class:`ConnectionClosed` once the client is closing or closed.
         """
         item = _message(message)
+        self._check_not_inherited()
         if timeout is not None:
             timeout = timeout_arg(timeout, "timeout")
         deadline = deadline_after(timeout)
@@ -397,6 +398,7 @@ class ReconnectingClient:
         """
         if timeout is not None:
             timeout = timeout_arg(timeout, "timeout")
+        self._check_not_inherited()
         deadline = deadline_after(timeout)
         while True:
             with self._cond:
@@ -472,6 +474,8 @@ class ReconnectingClient:
         An opening in flight is waited for and the new connection aborted. From a callback or
         one of the connection's threads it returns None without waiting.
         """
+        if os.getpid() != self._pid:
+            return self.close()  # in a child: release this process's copy only, as close() does
         _, own = self._own_thread()
         with self._cond:
             if self._stop is None or not self._stop.abort:

@@ -10,9 +10,13 @@ on the clock.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import select
+import signal
 import threading
 import time
+import warnings
 from collections import deque
 from typing import Any, Callable, Deque, Iterator, List, Optional, Tuple
 
@@ -1136,3 +1140,47 @@ def test_older_reports_keep_their_errors_but_not_their_frames(server: Server, ma
 def test_a_reconnecting_client_needs_a_finite_open_timeout() -> None:
     with pytest.raises(ValueError, match="open_timeout"):
         duplexthreads.connect("ws://127.0.0.1:9/", reconnect=True, open_timeout=None)
+
+
+@pytest.mark.parametrize("endless", [float("inf"), 1e12])
+def test_an_endless_open_timeout_is_refused_however_it_is_spelled(endless: float) -> None:
+    with pytest.raises(ValueError, match="open_timeout"):
+        duplexthreads.connect("ws://127.0.0.1:9/", reconnect=True, open_timeout=endless)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_that_inherited_a_disconnected_client_may_only_close_it(
+    server: Server, make_client: MakeClient
+) -> None:
+    client = make_client(pause=Pauses(until_stop=True))
+    server.peer(0).reset()  # the client waits in its backoff pause: nothing to send to
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a process with threads may deadlock the child; this
+        # child takes no lock that a thread could hold, and is killed if it is stuck anyway.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report what each call did, then leave at once
+        outcome = []
+        for call in (lambda: client.send("x", timeout=0), lambda: client.recv(timeout=0), client.wait):
+            try:
+                call()
+                outcome.append("returned")
+            except UsageError:
+                outcome.append("UsageError")
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                outcome.append(type(exc).__name__)
+        outcome.append(repr(client.close()))
+        os.write(write, ",".join(outcome).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], WAIT)
+        seen = os.read(read, 4096).decode() if ready else "the child did not answer"
+    finally:
+        os.close(read)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert seen == "UsageError,UsageError,UsageError,None"
+    assert not client.closed  # the parent's client is untouched
