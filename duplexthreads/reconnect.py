@@ -22,8 +22,8 @@ What ends the client for good:
   ``close()`` in a browser or Node sends), unless ``reconnect_on_normal_close=True``;
 - a reconnect answered with an HTTP 4xx status, other than 408 and 429: a rejected token or a
   wrong path will not fix itself;
-- ``Backoff.max_attempts`` attempts in a row that failed to open or whose connection ended
-  within ``reset_after`` seconds, or an opener that raises something other
+- ``Backoff.max_attempts`` reconnect attempts in a row that failed to open or whose connection
+  ended within ``reset_after`` seconds, or an opener that raises something other
   than :class:`~duplexthreads.ConnectError` (a bug: it is logged and not retried).
 
 Everything else is retried: a refused or timed-out opening, a 5xx, 408 or 429, a reset or a
@@ -144,8 +144,8 @@ class Backoff:
     itself. ``jitter=0`` waits exactly the schedule, ``jitter=1`` anything from 0 to it ("full
     jitter"). The pause never exceeds ``cap``.
 
-    ``max_attempts`` attempts in a row that failed to open, or opened a connection that ended
-    within ``reset_after``, end the client for good (None: never give up).
+    ``max_attempts`` reconnect attempts in a row that failed to open, or opened a connection
+    that ended within ``reset_after``, end the client for good (None: never give up).
     A connection that stays open ``reset_after`` seconds starts the series again from
     ``initial``; one that ends sooner counts as one more failure, so that a server which accepts
     and drops at once is not hammered. ``reset_after=0`` resets on every successful opening.
@@ -640,9 +640,10 @@ class ReconnectingClient:
                     self._failures = 0
                     with self._cond:
                         self._attempts = 0
-                elif self._why_stop(last) is None:
-                    # A connection that did not last counts as a failed attempt, so that a
-                    # server which accepts and drops at once also exhausts max_attempts.
+                elif self._why_stop(last) is None and len(self._reports) > 1:
+                    # A reconnection that did not last counts as a failed attempt, so that a
+                    # server which accepts and drops at once also exhausts max_attempts (the
+                    # first connection is no attempt: max_attempts bounds the reconnecting).
                     with self._cond:
                         self._attempts += 1
                         exhausted = (
