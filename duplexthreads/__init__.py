@@ -23,6 +23,7 @@ from .exceptions import (
     UsageError,
     WriteTimeout,
 )
+from .hub import Hub, HubStats
 from .reconnect import Backoff, ReconnectingClient
 from .report import ExitReport, Message, Reason
 from .server import accept
@@ -55,6 +56,8 @@ __all__ = [
     "ExitReport",
     "HandshakeRejected",
     "HeartbeatTimeout",
+    "Hub",
+    "HubStats",
     "Message",
     "ProtocolError",
     "Reason",

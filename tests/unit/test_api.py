@@ -39,6 +39,8 @@ PUBLIC_NAMES = {
     "ExitReport",
     "HandshakeRejected",
     "HeartbeatTimeout",
+    "Hub",
+    "HubStats",
     "Message",
     "ProtocolError",
     "Reason",

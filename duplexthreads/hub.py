@@ -1,0 +1,190 @@
+"""``Hub``: a set of live connections that a message can reach all at once.
+
+A server room needs to send one message to many clients without letting any one of them set
+the pace. :meth:`Hub.broadcast` never waits for a client: each connection's own outbound queue
+(``max_queue`` messages) takes the message at once, or is full. A full queue means the client
+has fallen behind, and the hub's ``on_full`` policy decides:
+
+``"close"`` (the default)
+    cut the client off: its connection is closed with 1008 ("policy violation", a client too
+    slow for the room) in a thread of its own, bounded by the connection's ``close_timeout``,
+    and its report lists what it never got in ``unsent``. Everyone else keeps receiving.
+``"drop"``
+    skip this message for that client and count it in ``stats.dropped``; the connection
+    stays. A client that stops reading for good is then ended by its own ``write_timeout``
+    (give the connections one) and leaves the hub.
+
+Connections leave the hub by themselves once they end; ``len()`` and iteration count only
+live ones. Every method is safe from any thread, including the connections' own
+(``on_message`` may broadcast).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Set
+
+from ._rfc6455 import GOING_AWAY, check_close_code, check_close_reason
+from .bulk import close_all
+from .exceptions import ConnectionClosed, UsageError
+from .report import ExitReport, Message
+from .session import Duplex, Sendable, check_encodable
+from .transports.base import thread_name
+
+__all__ = ["Hub", "HubStats"]
+
+#: Close code for a client cut off for falling behind: RFC 6455's "policy violation".
+TOO_SLOW = 1008
+
+_POLICIES = ("close", "drop")
+
+
+@dataclass(frozen=True)
+class HubStats:
+    """What broadcasts did so far (a snapshot)."""
+
+    #: Messages handed to a connection's queue (one per recipient).
+    delivered: int = 0
+    #: Messages skipped for a recipient whose queue was full (``on_full="drop"``).
+    dropped: int = 0
+    #: Connections closed for falling behind (``on_full="close"``).
+    cut_off: int = 0
+
+
+class Hub:
+    """A set of live connections; see the module documentation."""
+
+    def __init__(self, *, on_full: str = "close") -> None:
+        if not isinstance(on_full, str):
+            raise TypeError(f"on_full must be a str, one of {_POLICIES}, not {type(on_full).__name__}")
+        if on_full not in _POLICIES:
+            raise ValueError(f"on_full must be one of {_POLICIES}, not {on_full!r}")
+        self.on_full = on_full
+        # Guards everything below; held for set operations and counters, never while sending.
+        self._lock = threading.Lock()
+        self._members: Set[Duplex] = set()
+        self._closed = False
+        self._delivered = 0
+        self._dropped = 0
+        self._cut_off = 0
+        # Threads closing a connection that fell behind; joined by close().
+        self._cutters: List[threading.Thread] = []
+
+    def add(self, conn: Duplex) -> None:
+        """Let ``conn`` receive broadcasts from now on. ``UsageError`` once the hub is closed."""
+        if not isinstance(conn, Duplex):
+            raise TypeError(f"a Hub holds Duplex connections, not {type(conn).__name__}")
+        with self._lock:
+            if self._closed:
+                raise UsageError("the hub is closed: it takes no more connections")
+            self._members.add(conn)
+
+    def discard(self, conn: Duplex) -> None:
+        """Stop sending broadcasts to ``conn`` (it stays open); nothing happens if it is not here."""
+        with self._lock:
+            self._members.discard(conn)
+
+    def broadcast(self, message: Sendable, exclude: Optional[Duplex] = None) -> int:
+        """Hand ``message`` to every live connection but ``exclude``; return how many took it.
+
+        Never waits for a client. Raises ``TypeError``/``ValueError`` for a message no
+        connection could send, before any is sent.
+        """
+        message = _checked(message)
+        recipients = self._live(exclude)
+        delivered = dropped = 0
+        behind: List[Duplex] = []
+        for conn in recipients:
+            try:
+                conn.send(message, timeout=0)
+            except TimeoutError:
+                if self.on_full == "drop":
+                    dropped += 1
+                else:
+                    behind.append(conn)
+                continue
+            except ConnectionClosed:
+                continue  # it is ending; it leaves the hub at the next look
+            delivered += 1
+        with self._lock:
+            self._delivered += delivered
+            self._dropped += dropped
+        for conn in behind:
+            self._cut(conn)
+        return delivered
+
+    def close(self, code: int = GOING_AWAY, reason: str = "") -> List[ExitReport]:
+        """Close every connection side by side (1001 "going away" by default) and return their
+        reports; the hub takes no more connections. Call it from a thread of your own."""
+        check_close_code(code)
+        check_close_reason(reason)
+        with self._lock:
+            self._closed = True
+            members = list(self._members)
+            self._members.clear()
+            cutters = list(self._cutters)
+        reports = close_all(members, code, reason)
+        for cutter in cutters:
+            cutter.join()  # each is bounded by its connection's close_timeout
+        return reports
+
+    @property
+    def stats(self) -> HubStats:
+        with self._lock:
+            return HubStats(self._delivered, self._dropped, self._cut_off)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._live(None))
+
+    def __iter__(self) -> Iterator[Duplex]:
+        return iter(self._live(None))
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._live(None)
+
+    def __repr__(self) -> str:
+        return f"<Hub {len(self)} connections, on_full={self.on_full!r}>"
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _live(self, exclude: Optional[Duplex]) -> List[Duplex]:
+        """The connections still open, in no order; ended ones leave the set here."""
+        with self._lock:
+            ended = [conn for conn in self._members if conn.closed]
+            self._members.difference_update(ended)
+            return [conn for conn in self._members if conn is not exclude]
+
+    def _cut(self, conn: Duplex) -> None:
+        """Close a connection that fell behind, without making the broadcaster wait for it."""
+        with self._lock:
+            if conn not in self._members:
+                return  # another broadcast cut it off already
+            self._members.discard(conn)
+            self._cut_off += 1
+            self._cutters = [t for t in self._cutters if t.is_alive()]
+            cutter = threading.Thread(
+                target=conn.close,
+                args=(TOO_SLOW, "too slow: the room does not wait"),
+                name=thread_name(conn.id, "cutoff"),
+                daemon=True,
+            )
+            self._cutters.append(cutter)
+        cutter.start()
+
+
+def _checked(message: Sendable) -> Message:
+    """The message as every connection will send it, checked once for all of them."""
+    if isinstance(message, str):
+        if not message.isascii():
+            check_encodable(message)
+        return message
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)  # one copy for every recipient, made before any sends
+    raise TypeError(f"broadcast() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")

@@ -1,0 +1,149 @@
+"""The Hub on the memory transport: fan-out, slow clients, leaving, closing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import List, Tuple
+
+import pytest
+
+from duplexthreads import Duplex, Reason, UsageError
+from duplexthreads.hub import Hub
+from duplexthreads.testing import MemoryPeer
+
+from .support import WAIT, MakePair
+
+Pair = Tuple[Duplex, MemoryPeer]
+
+
+def room(make_pair: MakePair, count: int, **options: object) -> List[Pair]:
+    options.setdefault("ping_interval", None)
+    pairs = [make_pair(**options) for _ in range(count)]
+    for conn, _ in pairs:
+        conn.start()
+    return pairs
+
+
+def test_broadcast_reaches_every_member_but_the_excluded(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 4)
+    hub = Hub()
+    for conn, _ in pairs:
+        hub.add(conn)
+    assert len(hub) == 4 and pairs[0][0] in hub
+    assert hub.broadcast("hello", exclude=pairs[0][0]) == 3
+    assert hub.broadcast(bytearray(b"\x01")) == 4
+    for index, (_, peer) in enumerate(pairs):
+        expected = ["hello", b"\x01"] if index else [b"\x01"]
+        assert peer.wait_messages(len(expected)) == expected
+    assert hub.stats.delivered == 7 and hub.stats.dropped == 0 and hub.stats.cut_off == 0
+    reports = hub.close()
+    assert [r.close_code for r in reports] == [1001] * 4
+    assert all(peer.wait_close_frame() == (1001, "") for _, peer in pairs)
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_nobody_waits_for_it(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 3, max_queue=4, close_timeout=0.2)
+    slow_conn, slow_peer = pairs[0]
+    slow_peer.stop_reading()
+    hub = Hub()
+    for conn, _ in pairs:
+        hub.add(conn)
+    started = time.monotonic()
+    for index in range(50):
+        hub.broadcast(f"m{index}")
+    assert time.monotonic() - started < WAIT / 2  # never waited for the slow one's close
+    for _, peer in pairs[1:]:
+        assert peer.wait_messages(50) == [f"m{i}" for i in range(50)]
+    assert hub.stats.cut_off == 1 and slow_conn not in hub and len(hub) == 2
+    report = slow_conn.wait(WAIT)
+    assert report.reason is Reason.LOCAL_CLOSE
+    assert report.written + len(report.unsent) == hub.stats.delivered - 2 * 50
+    hub.close()
+
+
+def test_with_on_full_drop_a_slow_client_misses_messages_but_stays(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 2, max_queue=2)
+    slow_conn, slow_peer = pairs[0]
+    slow_peer.stop_reading()
+    hub = Hub(on_full="drop")
+    for conn, _ in pairs:
+        hub.add(conn)
+    for index in range(20):
+        hub.broadcast(f"m{index}")
+    assert pairs[1][1].wait_messages(20) == [f"m{i}" for i in range(20)]
+    stats = hub.stats
+    assert stats.dropped > 0 and stats.cut_off == 0 and stats.delivered + stats.dropped == 40
+    assert slow_conn in hub
+    slow_conn.abort()
+    hub.close()
+
+
+def test_connections_that_end_leave_by_themselves(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 3)
+    hub = Hub()
+    for conn, _ in pairs:
+        hub.add(conn)
+    pairs[1][1].close(1000)
+    pairs[1][0].wait(WAIT)
+    assert len(hub) == 2 and pairs[1][0] not in list(hub)
+    assert hub.broadcast("after") == 2
+    hub.discard(pairs[2][0])
+    assert len(hub) == 1
+    hub.close()
+    pairs[2][0].close()
+
+
+def test_broadcasting_from_many_threads_and_from_callbacks(make_pair: MakePair) -> None:
+    hub = Hub()
+    pairs = room(make_pair, 3)
+    relay_conn, relay_peer = make_pair(ping_interval=None, on_message=lambda m: hub.broadcast(m, exclude=relay_conn))
+    relay_conn.start()
+    for conn, _ in pairs:
+        hub.add(conn)
+    hub.add(relay_conn)
+
+    def sender(name: str) -> None:
+        for index in range(100):
+            hub.broadcast(f"{name}-{index}")
+
+    threads = [threading.Thread(target=sender, args=(name,), name=f"unit-sender-{name}") for name in "ab"]
+    for thread in threads:
+        thread.start()
+    relay_peer.send("from the relay's client")
+    for thread in threads:
+        thread.join(WAIT)
+    for _, peer in pairs:
+        got = peer.wait_messages(201)
+        for name in "ab":  # each sender's messages arrive in its order
+            assert [m for m in got if str(m).startswith(f"{name}-")] == [f"{name}-{i}" for i in range(100)]
+        assert "from the relay's client" in got
+    hub.close()
+
+
+def test_a_closed_hub_takes_no_more_connections(make_pair: MakePair) -> None:
+    ((conn, _),) = room(make_pair, 1)
+    hub = Hub()
+    hub.close()
+    assert hub.closed
+    with pytest.raises(UsageError):
+        hub.add(conn)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda hub: hub.broadcast(123), TypeError),
+        (lambda hub: hub.broadcast("\ud800"), ValueError),
+        (lambda hub: hub.add("not a connection"), TypeError),
+        (lambda hub: hub.close(1005), ValueError),
+        (lambda hub: Hub(on_full="wait"), ValueError),
+        (lambda hub: Hub(on_full=None), TypeError),
+    ],
+)
+def test_bad_input_is_refused_at_the_call(call: object, error: type) -> None:
+    hub = Hub()
+    with pytest.raises(error):
+        call(hub)  # type: ignore[operator]
+    hub.close()
