@@ -7,12 +7,17 @@ has fallen behind, and the hub's ``on_full`` policy decides:
 
 ``"close"`` (the default)
     cut the client off: its connection is closed with 1008 ("policy violation", a client too
-    slow for the room) in a thread of its own, bounded by the connection's ``close_timeout``,
-    and its report lists what it never got in ``unsent``. Everyone else keeps receiving.
+    slow for the room) in a thread of its own, bounded by the connection's ``close_timeout``
+    (5 s for one without a limit). The close frame goes behind what the client's queue holds,
+    so a client that reads nothing more never sees it, and its report then says the
+    handshake did not finish (1006). The report accounts for what its queue held; the message
+    that found the queue full was never accepted and is counted in ``stats.dropped``.
 ``"drop"``
     skip this message for that client and count it in ``stats.dropped``; the connection
     stays. A client that stops reading for good is then ended by its own ``write_timeout``
     (give the connections one) and leaves the hub.
+
+Everyone else keeps receiving either way.
 
 Connections leave the hub by themselves once they end; ``len()`` and iteration count only
 live ones. Every method is safe from any thread, including the connections' own
@@ -46,7 +51,7 @@ class HubStats:
 
     #: Messages handed to a connection's queue (one per recipient).
     delivered: int = 0
-    #: Messages skipped for a recipient whose queue was full (``on_full="drop"``).
+    #: Messages a member missed because its queue was full (either policy).
     dropped: int = 0
     #: Connections closed for falling behind (``on_full="close"``).
     cut_off: int = 0
@@ -65,6 +70,9 @@ class Hub:
         self._lock = threading.Lock()
         self._members: Set[Duplex] = set()
         self._closed = False
+        # Set once close() has closed every member; a concurrent close() waits for it.
+        self._close_done = threading.Event()
+        self._close_reports: List[ExitReport] = []
         self._delivered = 0
         self._dropped = 0
         self._cut_off = 0
@@ -92,6 +100,8 @@ class Hub:
         connection could send, before any is sent.
         """
         message = _checked(message)
+        if exclude is not None and not isinstance(exclude, Duplex):
+            raise TypeError(f"exclude must be a Duplex or None, not {type(exclude).__name__}")
         recipients = self._live(exclude)
         delivered = dropped = 0
         behind: List[Duplex] = []
@@ -99,9 +109,8 @@ class Hub:
             try:
                 conn.send(message, timeout=0)
             except TimeoutError:
-                if self.on_full == "drop":
-                    dropped += 1
-                else:
+                dropped += 1
+                if self.on_full == "close":
                     behind.append(conn)
                 continue
             except ConnectionClosed:
@@ -116,18 +125,30 @@ class Hub:
 
     def close(self, code: int = GOING_AWAY, reason: str = "") -> List[ExitReport]:
         """Close every connection side by side (1001 "going away" by default) and return their
-        reports; the hub takes no more connections. Call it from a thread of your own."""
+        reports; the hub takes no more connections. When it returns, every member and every
+        connection it cut off has ended. A second close() waits for the first and returns the
+        same reports. From one of a member's own threads (an ``on_message`` callback) it raises
+        ``UsageError`` and changes nothing: it would wait for that very thread."""
         check_close_code(code)
         check_close_reason(reason)
         with self._lock:
+            if any(conn._protocol.in_own_thread() for conn in self._members):
+                raise UsageError("Hub.close() cannot run in one of its connections' own threads")
+            first = not self._closed
             self._closed = True
             members = list(self._members)
             self._members.clear()
             cutters = list(self._cutters)
-        reports = close_all(members, code, reason)
-        for cutter in cutters:
-            cutter.join()  # each is bounded by its connection's close_timeout
-        return reports
+        if not first:
+            self._close_done.wait()
+            return list(self._close_reports)
+        try:
+            self._close_reports = close_all(members, code, reason)
+            for cutter in cutters:
+                cutter.join()  # each is bounded by its connection's (bounded) close timeout
+        finally:
+            self._close_done.set()
+        return list(self._close_reports)
 
     @property
     def stats(self) -> HubStats:
@@ -169,12 +190,13 @@ class Hub:
             self._cutters = [t for t in self._cutters if t.is_alive()]
             cutter = threading.Thread(
                 target=conn.close,
-                args=(TOO_SLOW, "too slow: the room does not wait"),
+                args=(TOO_SLOW, "too slow: the room does not wait", conn._protocol.bounded_close_timeout),
                 name=thread_name(conn.id, "cutoff"),
                 daemon=True,
             )
+            # Started under the lock: close() must never see a cutter it cannot join yet.
+            cutter.start()
             self._cutters.append(cutter)
-        cutter.start()
 
 
 def _checked(message: Sendable) -> Message:

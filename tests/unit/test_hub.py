@@ -147,3 +147,77 @@ def test_bad_input_is_refused_at_the_call(call: object, error: type) -> None:
     with pytest.raises(error):
         call(hub)  # type: ignore[operator]
     hub.close()
+
+
+# -- found by review ---------------------------------------------------------------------------------
+
+
+def test_close_from_a_members_callback_is_refused_and_changes_nothing(make_pair: MakePair) -> None:
+    hub = Hub()
+    outcome: List[BaseException] = []
+    tried = threading.Event()
+
+    def on_message(message: object) -> None:
+        try:
+            hub.close()
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+        tried.set()
+
+    conn, peer = make_pair(ping_interval=None, on_message=on_message)
+    conn.start()
+    hub.add(conn)
+    peer.send("close the room")
+    assert tried.wait(WAIT)
+    assert len(outcome) == 1 and isinstance(outcome[0], UsageError)
+    assert not hub.closed and conn in hub  # nothing was dropped without being closed
+    reports = hub.close()
+    assert [r.close_code for r in reports] == [1001] and conn.closed
+
+
+def test_a_second_close_waits_for_the_first_and_gets_the_same_reports(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 3, close_timeout=0.3)
+    for _, peer in pairs:
+        peer.go_silent()  # each close runs its whole close_timeout
+    hub = Hub()
+    for conn, _ in pairs:
+        hub.add(conn)
+    first: List[List[object]] = []
+    closer = threading.Thread(target=lambda: first.append(list(hub.close())), name="unit-first-close")
+    closer.start()
+    while not hub.closed:
+        threading.Event().wait(0.001)  # until the first close has begun (no event to await)
+    second = hub.close()
+    assert all(conn.closed for conn, _ in pairs)  # returned only once they all ended
+    closer.join(WAIT)
+    assert len(second) == 3 and first == [second]
+
+
+def test_cut_off_threads_never_outlive_close(make_pair: MakePair) -> None:
+    for _ in range(20):
+        pairs = room(make_pair, 4, max_queue=1, close_timeout=0.05)
+        for _, peer in pairs:
+            peer.stop_reading()
+        hub = Hub()
+        for conn, _ in pairs:
+            hub.add(conn)
+        senders = [threading.Thread(target=broadcast_five, args=(hub,), name=f"unit-broadcast-{i}") for i in range(3)]
+        for sender in senders:
+            sender.start()
+        hub.close()
+        assert not [t.name for t in threading.enumerate() if t.name.endswith("-cutoff")]
+        assert all(conn.closed for conn, _ in pairs)
+        for sender in senders:
+            sender.join(WAIT)
+
+
+def test_exclude_must_be_a_connection() -> None:
+    hub = Hub()
+    with pytest.raises(TypeError, match="exclude"):
+        hub.broadcast("x", exclude="not a connection")  # type: ignore[arg-type]
+    hub.close()
+
+
+def broadcast_five(hub: Hub) -> None:
+    for _ in range(5):
+        hub.broadcast("x")
