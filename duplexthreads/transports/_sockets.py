@@ -23,8 +23,8 @@ DRAIN_LIMIT = 16384
 # the socket reports room).
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
-#: Most bytes handed to an SSL socket at once under a write deadline: one TLS record, which the
-#: room a poll reports always takes, so the send cannot block past the deadline.
+#: Most bytes handed to an SSL socket at once (it takes no non-blocking flag): one TLS record,
+#: sent only after a poll reported room, so that a send blocks little if at all.
 _TLS_RECORD = 16384
 
 #: A send queue holding more than this many bytes is a backlog: see SocketWriter.last_progress.
@@ -79,7 +79,7 @@ def write_frames(
 
     ``sendall`` cannot say how far it got before an error; sending in a loop can, and that is
     what lets the exit report account for every message (promise P4). With a ``deadline`` no
-    call blocks past it: when it passes, :class:`WriteError` says the write timed out. A small
+    call blocks past it: when it passes, :class:`TimeoutWriteError` says so. A small
     frame (a close frame: at most 131 bytes) is then written whole or not at all: nothing is
     sent before the socket reports room, and room on a TCP socket is far more than that.
 
