@@ -33,8 +33,8 @@ from typing import Iterator, List, Optional, Set
 from ._rfc6455 import GOING_AWAY, check_close_code, check_close_reason
 from .bulk import close_all
 from .exceptions import ConnectionClosed, UsageError
-from .report import ExitReport, Message
-from .session import Duplex, Sendable, check_encodable
+from .report import ExitReport
+from .session import Duplex, Sendable, as_message
 from .transports.base import thread_name
 
 __all__ = ["Hub", "HubStats"]
@@ -99,7 +99,7 @@ class Hub:
         Never waits for a client. Raises ``TypeError``/``ValueError`` for a message no
         connection could send, before any is sent.
         """
-        message = _checked(message)
+        message = as_message(message, "broadcast()")  # checked and copied once for all
         if exclude is not None and not isinstance(exclude, Duplex):
             raise TypeError(f"exclude must be a Duplex or None, not {type(exclude).__name__}")
         recipients = self._live(exclude)
@@ -197,16 +197,3 @@ class Hub:
             # Started under the lock: close() must never see a cutter it cannot join yet.
             cutter.start()
             self._cutters.append(cutter)
-
-
-def _checked(message: Sendable) -> Message:
-    """The message as every connection will send it, checked once for all of them."""
-    if isinstance(message, str):
-        if not message.isascii():
-            check_encodable(message)
-        return message
-    if isinstance(message, bytes):
-        return message
-    if isinstance(message, (bytearray, memoryview)):
-        return bytes(message)  # one copy for every recipient, made before any sends
-    raise TypeError(f"broadcast() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")

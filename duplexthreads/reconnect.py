@@ -111,7 +111,7 @@ from .exceptions import (
     UsageError,
 )
 from .report import ExitReport, Message, Reason
-from .session import DEFAULT_MAX_QUEUE, Duplex, Sendable, check_encodable
+from .session import DEFAULT_MAX_QUEUE, Duplex, Sendable, as_message
 from .transports.base import new_connection_id, thread_name
 
 __all__ = ["Backoff", "ReconnectingClient", "connect_reconnecting"]
@@ -348,7 +348,7 @@ class ReconnectingClient:
         disconnected), then raises ``TimeoutError``. ``TypeError``/``ValueError`` for a message
         that cannot be sent; :class:`ConnectionClosed` once the client is closing or closed.
         """
-        item = _message(message)
+        item = as_message(message)
         self._check_not_inherited()
         if timeout is not None:
             timeout = timeout_arg(timeout, "timeout")
@@ -842,19 +842,6 @@ def _forget_frames(error: Optional[BaseException]) -> None:
         error.__traceback__ = None
         error = error.__cause__ or error.__context__
         seen += 1
-
-
-def _message(message: object) -> Message:
-    """``message`` as it will be kept: str, or an immutable copy of the bytes."""
-    if isinstance(message, str):
-        if not message.isascii():
-            check_encodable(message)
-        return message
-    if isinstance(message, bytes):
-        return message
-    if isinstance(message, (bytearray, memoryview)):
-        return bytes(message)
-    raise TypeError(f"send() takes str, bytes, bytearray or memoryview, not {type(message).__name__}")
 
 
 def connect_reconnecting(

@@ -201,6 +201,7 @@ class Duplex:
         encode (a lone surrogate), leaving the connection unharmed, and
         :class:`ConnectionClosed` once the connection is closing or closed.
         """
+        # as_message(), written out: this is the hot path of every message.
         if isinstance(message, str):
             if not message.isascii():
                 check_encodable(message)
@@ -370,6 +371,23 @@ class Duplex:
             return ConnectionClosedOK(report)
         message = None if report is not None else f"connection {protocol.connection_id} closing"
         return ConnectionClosedError(report, message, connection_id=protocol.connection_id)
+
+
+def as_message(message: object, caller: str = "send()") -> Message:
+    """``message`` as a connection sends it: text checked for UTF-8, bytes-like copied to bytes.
+
+    ``TypeError`` (naming ``caller``) for anything else, ``ValueError`` for text UTF-8 cannot
+    encode; both before anything is queued.
+    """
+    if isinstance(message, str):
+        if not message.isascii():
+            check_encodable(message)
+        return message
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)  # a copy: later changes by the caller must not leak into the frame
+    raise TypeError(f"{caller} takes str, bytes, bytearray or memoryview, not {type(message).__name__}")
 
 
 def check_encodable(text: str) -> None:
