@@ -23,7 +23,7 @@ from .exceptions import (
     UsageError,
     WriteTimeout,
 )
-from .hub import Hub, HubStats
+from .hub import Backplane, BackplaneStats, Hub, HubStats
 from .reconnect import Backoff, ReconnectingClient
 from .report import ExitReport, Message, Reason
 from .server import accept
@@ -41,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "Backoff",
+    "Backplane",
+    "BackplaneStats",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",

@@ -19,6 +19,11 @@ has fallen behind, and the hub's ``on_full`` policy decides:
 
 Everyone else keeps receiving either way.
 
+With a ``backplane`` (:class:`~duplexthreads.RedisBackplane`, or any object with the
+:class:`Backplane` methods) several hubs, in as many processes or machines, make one room:
+each broadcast also goes to the backplane, and what the other hubs broadcast arrives from it
+and reaches this hub's members. Local delivery never waits for the backplane.
+
 Connections leave the hub by themselves once they end; ``len()`` and iteration count only
 live ones. Every method is safe from any thread, including the connections' own
 (``on_message`` may broadcast).
@@ -28,21 +33,39 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Set
+from typing import Callable, Iterator, List, Optional, Set
 
 from ._rfc6455 import GOING_AWAY, check_close_code, check_close_reason
 from .bulk import close_all
 from .exceptions import ConnectionClosed, UsageError
-from .report import ExitReport
+from .report import ExitReport, Message
 from .session import Duplex, Sendable, as_message
 from .transports.base import thread_name
 
-__all__ = ["Hub", "HubStats"]
+__all__ = ["Backplane", "BackplaneStats", "Hub", "HubStats"]
 
 #: Close code for a client cut off for falling behind: RFC 6455's "policy violation".
 TOO_SLOW = 1008
 
 _POLICIES = ("close", "drop")
+
+
+@dataclass(frozen=True)
+class BackplaneStats:
+    """What a backplane did so far (a snapshot); a gap shows in ``unsent`` and ``missed``."""
+
+    #: This hub's broadcasts handed to the shared channel.
+    published: int = 0
+    #: Other hubs' broadcasts received from the channel (each delivered to the members here).
+    received: int = 0
+    #: This hub's broadcasts that never reached the channel (lost in an outage).
+    unsent: int = 0
+    #: Other hubs' broadcasts known to be lost on the way here (gaps in their numbering).
+    missed: int = 0
+    #: Times the connection to the channel was lost.
+    outages: int = 0
+    #: Whether the channel is reachable now.
+    connected: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,17 +78,50 @@ class HubStats:
     dropped: int = 0
     #: Connections closed for falling behind (``on_full="close"``).
     cut_off: int = 0
+    #: The backplane's own counts; ``None`` for a hub without one.
+    backplane: Optional[BackplaneStats] = None
+
+
+class Backplane:
+    """What a :class:`Hub` needs of a channel it shares with hubs in other processes.
+
+    A base class to document the contract (``RedisBackplane`` is one): subclasses implement
+    every method. A backplane serves one hub, for the hub's whole life.
+    """
+
+    def start(self, deliver: Callable[[Message], None]) -> None:
+        """Begin: call ``deliver(message)`` for each message another hub publishes (from a
+        thread of the backplane's own, one message at a time, in the order they arrive), never
+        for this hub's own. Called once, by the hub's constructor."""
+        raise NotImplementedError
+
+    def publish(self, message: Message) -> None:
+        """Hand ``message`` to the other hubs. Never waits for the network: what cannot be
+        sent now is queued (bounded) or counted as ``unsent``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop delivering and publishing and end every thread of the backplane, in bounded
+        time. Called once, by :meth:`Hub.close`, before the members are closed."""
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> BackplaneStats:
+        raise NotImplementedError
 
 
 class Hub:
     """A set of live connections; see the module documentation."""
 
-    def __init__(self, *, on_full: str = "close") -> None:
+    def __init__(self, *, on_full: str = "close", backplane: Optional[Backplane] = None) -> None:
         if not isinstance(on_full, str):
             raise TypeError(f"on_full must be a str, one of {_POLICIES}, not {type(on_full).__name__}")
         if on_full not in _POLICIES:
             raise ValueError(f"on_full must be one of {_POLICIES}, not {on_full!r}")
+        if backplane is not None and not isinstance(backplane, Backplane):
+            raise TypeError(f"backplane must be a Backplane (such as RedisBackplane), not {type(backplane).__name__}")
         self.on_full = on_full
+        self.backplane = backplane
         # Guards everything below; held for set operations and counters, never while sending.
         self._lock = threading.Lock()
         self._members: Set[Duplex] = set()
@@ -78,6 +134,8 @@ class Hub:
         self._cut_off = 0
         # Threads closing a connection that fell behind; joined by close().
         self._cutters: List[threading.Thread] = []
+        if backplane is not None:
+            backplane.start(self._deliver_from_backplane)
 
     def add(self, conn: Duplex) -> None:
         """Let ``conn`` receive broadcasts from now on. ``UsageError`` once the hub is closed."""
@@ -102,6 +160,17 @@ class Hub:
         message = as_message(message, "broadcast()")  # checked and copied once for all
         if exclude is not None and not isinstance(exclude, Duplex):
             raise TypeError(f"exclude must be a Duplex or None, not {type(exclude).__name__}")
+        delivered = self._fan_out(message, exclude)
+        if self.backplane is not None and not self._closed:
+            self.backplane.publish(message)
+        return delivered
+
+    def _deliver_from_backplane(self, message: Message) -> None:
+        """Another hub's broadcast: to every member here (none of them sent it)."""
+        if not self._closed:
+            self._fan_out(message, None)
+
+    def _fan_out(self, message: Message, exclude: Optional[Duplex]) -> int:
         recipients = self._live(exclude)
         delivered = dropped = 0
         behind: List[Duplex] = []
@@ -143,6 +212,8 @@ class Hub:
             self._close_done.wait()
             return list(self._close_reports)
         try:
+            if self.backplane is not None:
+                self.backplane.close()  # first: nothing arrives for members being closed
             self._close_reports = close_all(members, code, reason)
             for cutter in cutters:
                 cutter.join()  # each is bounded by its connection's (bounded) close timeout
@@ -153,7 +224,8 @@ class Hub:
     @property
     def stats(self) -> HubStats:
         with self._lock:
-            return HubStats(self._delivered, self._dropped, self._cut_off)
+            counts = (self._delivered, self._dropped, self._cut_off)
+        return HubStats(*counts, backplane=None if self.backplane is None else self.backplane.stats)
 
     @property
     def closed(self) -> bool:
