@@ -8,6 +8,7 @@ closes the socket exactly once, and publishes one :class:`ExitReport`.
 from __future__ import annotations
 
 from .bulk import close_all
+from .chat_server import ChatServer, serve
 from .client import BACKENDS, connect
 from .exceptions import (
     ConnectError,
@@ -43,6 +44,7 @@ __all__ = [
     "Backoff",
     "Backplane",
     "BackplaneStats",
+    "ChatServer",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
@@ -71,4 +73,5 @@ __all__ = [
     "accept",
     "close_all",
     "connect",
+    "serve",
 ]
