@@ -165,33 +165,6 @@ class Hub:
             self.backplane.publish(message)
         return delivered
 
-    def _deliver_from_backplane(self, message: Message) -> None:
-        """Another hub's broadcast: to every member here (none of them sent it)."""
-        if not self._closed:
-            self._fan_out(message, None)
-
-    def _fan_out(self, message: Message, exclude: Optional[Duplex]) -> int:
-        recipients = self._live(exclude)
-        delivered = dropped = 0
-        behind: List[Duplex] = []
-        for conn in recipients:
-            try:
-                conn.send(message, timeout=0)
-            except TimeoutError:
-                dropped += 1
-                if self.on_full == "close":
-                    behind.append(conn)
-                continue
-            except ConnectionClosed:
-                continue  # it is ending; it leaves the hub at the next look
-            delivered += 1
-        with self._lock:
-            self._delivered += delivered
-            self._dropped += dropped
-        for conn in behind:
-            self._cut(conn)
-        return delivered
-
     def close(self, code: int = GOING_AWAY, reason: str = "") -> List[ExitReport]:
         """Close every connection side by side (1001 "going away" by default) and return their
         reports; the hub takes no more connections. When it returns, every member and every
@@ -244,6 +217,33 @@ class Hub:
         return f"<Hub {len(self)} connections, on_full={self.on_full!r}>"
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _deliver_from_backplane(self, message: Message) -> None:
+        """Another hub's broadcast: to every member here (none of them sent it)."""
+        if not self._closed:
+            self._fan_out(message, None)
+
+    def _fan_out(self, message: Message, exclude: Optional[Duplex]) -> int:
+        recipients = self._live(exclude)
+        delivered = dropped = 0
+        behind: List[Duplex] = []
+        for conn in recipients:
+            try:
+                conn.send(message, timeout=0)
+            except TimeoutError:
+                dropped += 1
+                if self.on_full == "close":
+                    behind.append(conn)
+                continue
+            except ConnectionClosed:
+                continue  # it is ending; it leaves the hub at the next look
+            delivered += 1
+        with self._lock:
+            self._delivered += delivered
+            self._dropped += dropped
+        for conn in behind:
+            self._cut(conn)
+        return delivered
 
     def _live(self, exclude: Optional[Duplex]) -> List[Duplex]:
         """The connections still open, in no order; ended ones leave the set here."""

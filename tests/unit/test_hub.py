@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import pytest
 
 from duplexthreads import Duplex, Reason, UsageError
-from duplexthreads.hub import Hub
+from duplexthreads.hub import Backplane, BackplaneStats, Hub
+from duplexthreads.report import Message
 from duplexthreads.testing import MemoryPeer
 
 from .support import WAIT, MakePair
@@ -221,3 +222,77 @@ def test_exclude_must_be_a_connection() -> None:
 def broadcast_five(hub: Hub) -> None:
     for _ in range(5):
         hub.broadcast("x")
+
+
+# -- the backplane hook -----------------------------------------------------------------------------
+
+
+class LoopbackBackplane(Backplane):
+    """Two of these, linked, stand for two processes' hubs sharing a channel."""
+
+    def __init__(self) -> None:
+        self.other: Optional[LoopbackBackplane] = None
+        self.deliver: Optional[Callable[[Message], None]] = None
+        self.published: List[Message] = []
+        self.closed = 0
+
+    def start(self, deliver: Callable[[Message], None]) -> None:
+        assert self.deliver is None, "start() is called once"
+        self.deliver = deliver
+
+    def publish(self, message: Message) -> None:
+        self.published.append(message)
+        if self.other is not None and self.other.deliver is not None and not self.other.closed:
+            self.other.deliver(message)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    @property
+    def stats(self) -> BackplaneStats:
+        return BackplaneStats(published=len(self.published), connected=not self.closed)
+
+
+def test_a_backplane_joins_two_hubs_into_one_room(make_pair: MakePair) -> None:
+    left_plane, right_plane = LoopbackBackplane(), LoopbackBackplane()
+    left_plane.other, right_plane.other = right_plane, left_plane
+    left, right = Hub(backplane=left_plane), Hub(backplane=right_plane)
+    left_pairs, right_pairs = room(make_pair, 2), room(make_pair, 2)
+    for conn, _ in left_pairs:
+        left.add(conn)
+    for conn, _ in right_pairs:
+        right.add(conn)
+    sender = left_pairs[0][0]
+    assert left.broadcast("hi", exclude=sender) == 1  # counts this hub's members only
+    assert right.broadcast(b"\x02") == 2
+    assert left_pairs[0][1].wait_messages(1) == [b"\x02"]  # the sender got the other hub's message
+    assert left_pairs[1][1].wait_messages(2) == ["hi", b"\x02"]
+    for _, peer in right_pairs:
+        assert peer.wait_messages(2) == ["hi", b"\x02"]  # "hi" once: never echoed back
+    assert left_plane.published == ["hi"] and right_plane.published == [b"\x02"]
+    assert left.stats.backplane == BackplaneStats(published=1, connected=True)
+    assert Hub().stats.backplane is None
+    left.close()
+    assert left_plane.closed == 1 and left.stats.backplane is not None and not left.stats.backplane.connected
+    right.broadcast("after")  # the closed hub's backplane no longer delivers
+    assert right_pairs[0][1].wait_messages(3)[-1] == "after"
+    left.close()
+    assert left_plane.closed == 1  # a second close() does not close the backplane again
+    right.close()
+    assert all(peer.wait_close_frame() == (1001, "") for _, peer in left_pairs + right_pairs)
+
+
+def test_a_closed_hub_neither_publishes_nor_delivers(make_pair: MakePair) -> None:
+    plane = LoopbackBackplane()
+    hub = Hub(backplane=plane)
+    hub.close()
+    assert hub.broadcast("late") == 0 and plane.published == []
+    assert plane.deliver is not None
+    plane.deliver("from afar")  # a message arriving as the hub closes is dropped quietly
+
+
+def test_backplane_argument_is_checked() -> None:
+    with pytest.raises(TypeError, match="Backplane"):
+        Hub(backplane=object())  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError):
+        Hub(backplane=Backplane())
