@@ -7,6 +7,7 @@ closes the socket exactly once, and publishes one :class:`ExitReport`.
 
 from __future__ import annotations
 
+from .backplane import RedisBackplane
 from .bulk import close_all
 from .chat_server import ChatServer, serve
 from .client import BACKENDS, connect
@@ -66,6 +67,7 @@ __all__ = [
     "ProtocolError",
     "Reason",
     "ReconnectingClient",
+    "RedisBackplane",
     "TransportError",
     "UsageError",
     "WriteTimeout",
