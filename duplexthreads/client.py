@@ -62,8 +62,12 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
     reconnect_on_normal_close: bool = False,
     on_open: Optional[Callable[[Duplex], Any]] = None,
     on_close: Optional[Callable[[ExitReport], Any]] = None,
+    start: bool = True,
 ) -> Union[Duplex, ReconnectingClient]:
     """Open a WebSocket connection to ``url`` and return it, already started.
+
+    ``start=False`` returns it open but not started, so that :meth:`Duplex.add_worker` can
+    add workers to its team first; call ``start()`` or ``run()`` next (or ``close()``).
 
     Every argument is checked before any I/O: a wrong type raises ``TypeError`` and a wrong
     value ``ValueError``, each naming the argument (a CR or LF in a header, a subprotocol that
@@ -101,7 +105,11 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
         write_timeout=write_timeout,
     ).check()
     check_max_message_size(max_message_size)
+    if not isinstance(start, bool):
+        raise TypeError(f"start must be True or False, not {type(start).__name__}")
     if reconnect is not False:
+        if not start:
+            raise ValueError("start=False needs reconnect=False: a reconnecting client starts each connection itself")
         from .reconnect import connect_reconnecting
 
         if timeout_arg(open_timeout, "open_timeout") is None:  # None, inf, or past what threads can wait
@@ -132,7 +140,7 @@ def connect(  # type: ignore[misc]  # the overloads above only split the return 
         open_timeout=open_timeout,
         max_message_size=max_message_size,
     )
-    return start_session(transport, options)
+    return start_session(transport, options, start=start)
 
 
 def open_transport(

@@ -434,12 +434,15 @@ class SessionOptions:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-def start_session(transport: Transport, options: SessionOptions) -> Duplex:
-    """A started Duplex over a freshly opened transport, which is closed if that fails."""
+def start_session(transport: Transport, options: SessionOptions, *, start: bool = True) -> Duplex:
+    """A Duplex over a freshly opened transport, which is closed if that fails; started unless
+    ``start`` is False (then the caller may add workers first)."""
     try:
         conn = Duplex(transport, **options.as_kwargs())
     except BaseException:
         transport.shutdown()
         transport.close(0)
         raise
+    if not start:
+        return conn
     return conn.start()  # if a thread cannot start, start() itself tears the transport down
