@@ -1,0 +1,39 @@
+"""The ``duplexthreads`` command: ``chat`` (a WebSocket client for people and scripts) and
+``serve`` (the embedded chat server). ``main()`` is the console script's entry point.
+
+One module per part: ``_args`` the command line, ``_chat`` the client session, ``_stdin`` its
+input side, ``_render`` what it prints, ``_serve`` the server.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ._args import EXIT_ABNORMAL, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, parse
+
+__all__ = ["EXIT_ABNORMAL", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    from .. import __version__
+
+    try:
+        args = parse(argv, __version__)
+    except SystemExit as exit:  # argparse: --help, --version (0) or a usage error (2)
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
+    from ._render import Renderer
+
+    renderer = Renderer.for_streams(no_color=getattr(args, "no_color", False))
+    try:
+        if args.command == "serve":
+            from ._serve import run_serve
+
+            return run_serve(args, renderer)
+        from ._chat import run_chat
+
+        return run_chat(args, renderer)
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handlers were in place (while starting up).
+        renderer.status("interrupted")
+        return EXIT_ABNORMAL

@@ -1,0 +1,227 @@
+"""The input side of a chat: stdin and a wake-up pipe, waited on together.
+
+Nothing here sits in a blocking ``input()``. The stdin worker waits on two file descriptors at
+once: stdin, and the read end of a :class:`Wakeup` pipe that other threads (and signal
+handlers) write one byte to when the worker must look up: ``q`` when the connection has ended
+(its quit is set), ``i`` for Ctrl-C or SIGTERM. So the worker leaves its wait within a
+wake-up however idle the user is, and the connection's teardown never waits for it.
+
+Two sources read stdin: :class:`PipeInput` with ``select()`` on raw reads (pipes and files),
+and :class:`TerminalInput` with prompt-toolkit (a person at a terminal: line editing, history,
+and messages printed above the line being typed). prompt-toolkit runs its asyncio loop in the
+worker thread, and the wake-up pipe is one more reader on that loop, so a wake-up ends the
+prompt at once. Both need ``select()`` on pipes, which is POSIX: see :data:`STDIN_SUPPORTED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import os
+import select
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Deque, List, NamedTuple, Optional, Union
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+__all__ = ["STDIN_SUPPORTED", "Event", "Line", "PipeInput", "Signal", "TerminalInput", "Wakeup"]
+
+#: Whether stdin can be waited on with select() together with the wake-up socket. Windows'
+#: select() takes only sockets: there the command reads no stdin (only -x works), as documented.
+STDIN_SUPPORTED = os.name == "posix"
+
+_READ_SIZE = 65536
+
+
+class Signal(enum.Enum):
+    """What the input side reports besides lines."""
+
+    #: End of input: stdin closed, or Ctrl-D at the prompt.
+    EOF = "eof"
+    #: Ctrl-C (the key at the prompt, or SIGINT) or SIGTERM.
+    INTERRUPT = "interrupt"
+    #: The connection has ended: leave now.
+    QUIT = "quit"
+
+
+class Line(NamedTuple):
+    """One line of input, without its line ending, as text and as the bytes that came."""
+
+    text: str
+    raw: bytes
+
+
+Event = Union[Line, Signal]
+
+_BYTES = {Signal.QUIT: b"q", Signal.INTERRUPT: b"i"}
+
+
+class Wakeup:
+    """A self-pipe: ``wake()`` from any thread or a signal handler; the worker waits on ``fileno()``.
+
+    A socket pair rather than os.pipe(): select() takes sockets everywhere, Windows included.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        # Neither end may ever block: a signal handler must not wait for the worker, and the
+        # worker drains what is there and goes back to its wait.
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._pending: Deque[Signal] = collections.deque()
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def wake(self, signal: Signal) -> None:
+        """Make the worker's wait return ``signal``; safe in a signal handler."""
+        try:
+            self._writer.send(_BYTES[signal])
+        except OSError:
+            pass  # a full buffer already holds wake-ups; a closed one has no reader left
+
+    def take(self) -> Optional[Signal]:
+        """The next signal written, if any; QUIT goes ahead of everything, as nothing else matters then."""
+        try:
+            data = self._reader.recv(4096)
+        except OSError:  # BlockingIOError: nothing written; or closed
+            data = b""
+        for byte in data:
+            self._pending.append(Signal.QUIT if byte == _BYTES[Signal.QUIT][0] else Signal.INTERRUPT)
+        if Signal.QUIT in self._pending:
+            self._pending.clear()
+            return Signal.QUIT
+        return self._pending.popleft() if self._pending else None
+
+    def wait(self, timeout: Optional[float]) -> Optional[Signal]:
+        """Wait for a wake-up only (stdin is not read): a signal, or None after ``timeout``."""
+        pending = self.take()
+        if pending is not None:
+            return pending
+        select.select([self._reader], [], [], timeout)
+        return self.take()
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+class PipeInput:
+    """Lines from a stdin that is not a terminal, read without ever blocking past a wake-up."""
+
+    def __init__(self, wakeup: Wakeup, fd: int = 0) -> None:
+        self._wakeup = wakeup
+        self._fd = fd
+        self._buffer = b""
+        self._lines: List[bytes] = []
+        self._eof = False
+
+    def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next line or signal; None when ``timeout`` passes with neither."""
+        while True:
+            signal = self._wakeup.take()
+            if signal is not None:
+                return signal
+            if self._lines:
+                return _line(self._lines.pop(0))
+            if self._eof:
+                return Signal.EOF
+            ready, _, _ = select.select([self._wakeup.fileno(), self._fd], [], [], timeout)
+            if not ready:
+                return None
+            if self._fd in ready:
+                self._read()
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # a stdin that fails to read (closed under us) ends the input like EOF
+        if not data:
+            self._eof = True
+            if self._buffer:  # a last line without its newline is still a line
+                self._lines.append(self._buffer)
+                self._buffer = b""
+            return
+        *complete, self._buffer = (self._buffer + data).split(b"\n")
+        self._lines.extend(complete)
+
+
+def _line(raw: bytes) -> Line:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]  # CRLF input (a file from Windows) sends the same messages as LF
+    # A text message must be UTF-8: bytes that are not are shown as U+FFFD rather than refused.
+    return Line(raw.decode("utf-8", "replace"), raw)
+
+
+class _Woken(Exception):
+    """Ends a prompt from the wake-up reader; carries what woke it."""
+
+    def __init__(self, signal: Signal) -> None:
+        super().__init__(signal.value)
+        self.signal = signal
+
+
+class TerminalInput:
+    """Lines typed at a terminal, through prompt-toolkit, in the worker's own asyncio loop."""
+
+    def __init__(self, wakeup: Wakeup, prompt: str = "> ") -> None:
+        from prompt_toolkit import PromptSession
+
+        self._wakeup = wakeup
+        self._loop = asyncio.new_event_loop()
+        self._session: PromptSession[str] = PromptSession(prompt, erase_when_done=False)
+
+    def next_event(self) -> Event:
+        """Prompt for one line; a wake-up ends the prompt at once and is returned instead."""
+        signal = self._wakeup.take()
+        if signal is not None:
+            return signal
+        return self._loop.run_until_complete(self._prompt())
+
+    async def _prompt(self) -> Event:
+        loop = asyncio.get_running_loop()
+        woke: asyncio.Future[Any] = loop.create_future()
+
+        def woken() -> None:
+            if not woke.done():  # a later wake-up stays in the socket for the next call
+                signal = self._wakeup.take()
+                if signal is not None:
+                    woke.set_result(signal)
+
+        loop.add_reader(self._wakeup.fileno(), woken)
+        prompt: asyncio.Future[Any] = asyncio.ensure_future(self._session.prompt_async())
+        try:
+            await asyncio.wait([prompt, woke], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(self._wakeup.fileno())
+        if not prompt.done():
+            # Cancelling runs prompt-toolkit's own cleanup: the terminal leaves raw mode.
+            prompt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EOFError, KeyboardInterrupt):
+                await prompt
+            result: Signal = woke.result()
+            return result
+        try:
+            text: str = prompt.result()
+        except EOFError:
+            return Signal.EOF
+        except KeyboardInterrupt:
+            return Signal.INTERRUPT
+        return Line(text, text.encode("utf-8", "surrogateescape"))
+
+    def close(self) -> None:
+        self._loop.close()
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
