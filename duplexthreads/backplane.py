@@ -30,14 +30,22 @@ reconnect. What can be lost:
   ``missed``, less the numbers that hub itself counted in ``unsent`` (carried in the header),
   so that one loss is not counted on both sides.
 
-Liveness. The subscriber pings Redis after 15 s without traffic, so a Redis that hangs with its
-connections open is noticed too; a write or a reply that takes over 2 s ends a connection.
+After a reconnect the publisher holds the outbox until the channel has as many subscribers as
+its last PUBLISH reached (for at most the backoff's cap and 2 s): when Redis restarts, every
+process's subscriber comes back after its own backoff pause, and what is published before the
+others are back would be lost to them.
+
+Liveness. A write or a reply that takes over 2 s ends a connection. The subscriber, which only
+reads, pings Redis after 15 s without traffic and gives up on it when 2 s pass without an
+answer, so a Redis that hangs with its connections open is noticed too.
 
 Ending. :meth:`RedisBackplane.close` gives the publisher up to half a second to publish what
 the outbox holds (while connected), then sets the quit event and shuts down both connections'
 sockets, which wakes a thread blocked reading or writing them wherever it is; each thread then
-closes its own connection. Only a TCP connect under way cannot be woken: it is bounded by a
-1 s connect timeout (a host name lookup by the system's resolver). close() returns within 2 s.
+closes its own connection. close() returns within 2 s. What shutdown cannot wake is an opening
+whose socket redis-py has not handed over yet: the TCP connect is bounded by a 1 s timeout, a
+TLS handshake by the 2 s I/O timeout, a host name lookup by the system resolver's own; a
+thread still in one when close() returns ends by itself right after, and is logged.
 """
 
 from __future__ import annotations
@@ -264,10 +272,12 @@ class RedisBackplane(Backplane):
         self._outbox: Deque[Message] = deque()
         self._publisher_idle = False
         # The publisher thread's own: the next sequence number, how many numbered messages it
-        # counted unsent so far, and how many subscribers the last PUBLISH reached.
+        # counted unsent so far, how many subscribers a new connection waits for, and the most
+        # a PUBLISH reached on the current connection (None: it published nothing yet).
         self._seq = 0
         self._declared = 0
         self._audience = 0
+        self._reached: Optional[int] = None
         self._conns: Dict[str, Any] = {}  # each thread's connection, for close() to wake
         # Whether each thread's connection is known to work. After an outage starts, the
         # publisher's counts as unknown until it proves it (it cannot notice a loss while idle).
@@ -472,6 +482,7 @@ class RedisBackplane(Backplane):
             self._links[role] = False
             if self._state == _DOWN:
                 return
+            what = "cannot reach" if self._state == _STARTING else "lost"
             self._state = _DOWN
             self._outages += 1
             self._outage_started = time.monotonic()
@@ -482,9 +493,10 @@ class RedisBackplane(Backplane):
             self._cond.notify_all()
             pending = len(self._outbox)
         logger.warning(
-            "redis backplane %d: lost Redis at %s (%s: %s: %s); local delivery goes on, %d broadcasts wait to be "
+            "redis backplane %d: %s Redis at %s (%s: %s: %s); local delivery goes on, %d broadcasts wait to be "
             "published (at most %d), reconnecting",
             self._id,
+            what,
             _safe_url(self.url),
             "publisher" if role == _PUB else "subscriber",
             type(error).__name__,
@@ -549,12 +561,16 @@ class RedisBackplane(Backplane):
                 self._release(_PUB, conn)
 
     def _await_audience(self, conn: Any) -> Optional[Tuple[BaseException, int]]:
-        """On a new connection, hold the outbox until the channel has as many subscribers as the
-        last PUBLISH reached (or for at most the backoff's cap and a bit): after Redis restarts,
-        the other processes' subscribers come back one by one, and what is published before
-        they are back never reaches them. A hub that is gone for good only costs the wait.
+        """On a new connection, hold the outbox until the channel has as many subscribers as a
+        PUBLISH reached on the last one (at most, in case a hub left meanwhile, for the
+        backoff's cap and 2 s): after Redis restarts, the other processes' subscribers come
+        back one by one, and what is published before they are back never reaches them. The
+        most on the last connection, not the last count: a subscriber that was away just
+        then still counts. A hub gone for good costs the wait once.
 
         Returns (the error, 0) if the connection fails, else None."""
+        if self._reached is not None:
+            self._audience, self._reached = self._reached, None
         hold_until = time.monotonic() + self.backoff.cap + _IO_TIMEOUT
         try:
             while self._audience > 0 and not self._quit.is_set():
@@ -641,7 +657,8 @@ class RedisBackplane(Backplane):
                     logger.warning("redis backplane %d: Redis refused a PUBLISH: %s", self._id, exc)
                     continue
                 ok += 1
-                self._audience = int(reply)  # how many subscribers it reached, ours included
+                # How many subscribers it reached, ours included.
+                self._reached = max(self._reached or 0, int(reply))
         except Exception as exc:  # noqa: BLE001 - the connection broke: the rest's outcome is unknown
             return ok, refused, exc
         return ok, refused, None
@@ -673,9 +690,9 @@ class RedisBackplane(Backplane):
         pinged = False
         while not self._quit.is_set():
             # Blocks until something arrives; close() wakes it by shutting the socket down.
-            if not conn.can_read(timeout=_IDLE_PING):
+            if not conn.can_read(timeout=_IO_TIMEOUT if pinged else _IDLE_PING):
                 if pinged:
-                    raise self._redis.TimeoutError(f"Redis did not answer a ping within {_IDLE_PING:g} s")
+                    raise self._redis.TimeoutError(f"Redis did not answer a ping within {_IO_TIMEOUT:g} s")
                 conn.send_command("PING", check_health=False)
                 pinged = True
                 continue
