@@ -232,7 +232,8 @@ class ChatSession:
     def _connected(self, conn: Duplex) -> None:
         subprotocol = f" (subprotocol {conn.subprotocol})" if conn.subprotocol else ""
         hint = " - /help for commands, Ctrl-D to quit" if self.typing else ""
-        self.renderer.note(f"connected{subprotocol}{hint}")
+        # On stderr even for scripts: a log then says when the connection was up.
+        self.renderer.status(f"connected{subprotocol}{hint}")
 
     def _signals_wake_the_worker(self) -> _SignalHandlers:
         return _SignalHandlers(lambda: self.wakeup.wake(Signal.INTERRUPT))
@@ -242,21 +243,24 @@ class ChatSession:
     def on_message(self, message: Message) -> None:
         """In the reader thread: show the message; with --one-message, close after the first."""
         self._last_heard = time.monotonic()
+        if self.args.one_message:
+            if self._answered:
+                return  # more that came before the close: not asked for
+            self._answered = True
+            self._request_close(1000, "")
         try:
             self.renderer.message(message)
         except (BrokenPipeError, ValueError):
             # Whoever read stdout is gone: nobody is left to see what comes, so close.
-            self._request_close(1000, "")
-            return
-        if self.args.one_message and not self._answered:
-            self._answered = True
             self._request_close(1000, "")
 
     def on_open(self, conn: Duplex) -> None:
         self._connected(conn)
 
     def on_close(self, report: ExitReport) -> None:
-        self.renderer.status(f"{describe_end(report)}; reconnecting unless that was the end")
+        """--reconnect: one connection of the series ended; the client decides what comes next."""
+        if not self._closing:  # when we close, the last line says how it went
+            self.renderer.status(f"connection ended ({describe_end(report)})")
 
     def _show_pongs(self, conn: Duplex) -> None:
         settle = conn.transport.on_pong

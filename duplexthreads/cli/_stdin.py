@@ -173,10 +173,19 @@ class TerminalInput:
 
     def __init__(self, wakeup: Wakeup, prompt: str = "> ") -> None:
         from prompt_toolkit import PromptSession
+        from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        def _interrupt(event: KeyPressEvent) -> None:
+            # prompt-toolkit would raise KeyboardInterrupt, which asyncio lets escape from its
+            # loop rather than from the prompt's task: say it with an ordinary exception.
+            event.app.exit(exception=_Woken(Signal.INTERRUPT), style="class:aborting")
 
         self._wakeup = wakeup
         self._loop = asyncio.new_event_loop()
-        self._session: PromptSession[str] = PromptSession(prompt, erase_when_done=False)
+        self._session: PromptSession[str] = PromptSession(prompt, key_bindings=keys)
 
     def next_event(self) -> Event:
         """Prompt for one line; a wake-up ends the prompt at once and is returned instead."""
@@ -204,16 +213,16 @@ class TerminalInput:
         if not prompt.done():
             # Cancelling runs prompt-toolkit's own cleanup: the terminal leaves raw mode.
             prompt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EOFError, KeyboardInterrupt):
+            with contextlib.suppress(asyncio.CancelledError, EOFError, _Woken):
                 await prompt
             result: Signal = woke.result()
             return result
         try:
             text: str = prompt.result()
-        except EOFError:
+        except EOFError:  # Ctrl-D on an empty line
             return Signal.EOF
-        except KeyboardInterrupt:
-            return Signal.INTERRUPT
+        except _Woken as woke:  # Ctrl-C
+            return woke.signal
         return Line(text, text.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:

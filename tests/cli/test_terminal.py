@@ -1,0 +1,143 @@
+"""``duplexthreads chat`` at a terminal (a pseudo-terminal driven by pexpect), as a person uses it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import List, Optional
+
+import pytest
+from websockets.sync.server import ServerConnection
+
+from ..timing import UNIT
+from .command import Terminal
+from .servers import Silent, echo_server, websocket_server
+
+pytestmark = pytest.mark.timeout(60 * UNIT)
+
+
+class CloseCodes:
+    """Records the close code each client sent the server."""
+
+    def __init__(self) -> None:
+        self.codes: List[Optional[int]] = []
+        self.done = threading.Event()
+
+    def echo(self, ws: ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+        received = ws.protocol.close_rcvd
+        self.codes.append(None if received is None else received.code)
+        self.done.set()
+
+
+def test_the_server_closing_while_the_user_idles_at_the_prompt_ends_the_command_at_once() -> None:
+    close_now = threading.Event()
+    closed: List[float] = []
+
+    def close_when_told(ws: ServerConnection) -> None:
+        close_now.wait(20 * UNIT)
+        closed.append(time.monotonic())
+        ws.close(4001, "idle too long")
+
+    with websocket_server(close_when_told) as url, Terminal(["chat", url]) as terminal:
+        terminal.expect("connected")
+        terminal.prompt()
+        time.sleep(0.3 * UNIT)  # idle at the prompt
+        close_now.set()
+        status = terminal.end(timeout=10 * UNIT)
+        ended = time.monotonic()
+        output = terminal.output
+    assert ended - closed[0] < 0.5 * UNIT
+    assert status == 1
+    assert "closed by the server: 4001 'idle too long'" in output
+
+
+def test_typing_sending_receiving_and_slash_commands() -> None:
+    with echo_server() as url, Terminal(["chat", url, "--no-color"]) as terminal:
+        terminal.expect("connected - /help for commands")
+        terminal.prompt()
+        terminal.type("hello there\r")
+        terminal.expect("< hello there")
+        terminal.type("/ping abc\r")
+        terminal.expect(r"pong: round trip [0-9.]+ ms")
+        terminal.type("/help\r")
+        terminal.expect("a second Ctrl-C aborts")
+        terminal.type("//slash\r")
+        terminal.expect("< /slash")
+        terminal.type("/nonsense\r")
+        terminal.expect("unknown command /nonsense")
+        terminal.type("/close 4000 done for today\r")
+        status = terminal.end()
+        output = terminal.output
+    assert "closed: 4000 'done for today'" in output
+    assert status == 0  # a close we asked for
+
+
+def test_incoming_text_is_escaped_and_marked() -> None:
+    def send_escape(ws: ServerConnection) -> None:
+        ws.send("bell\x07 and \x1b[2J clear")
+        ws.send(b"\x01\x02")
+        for _ in ws:
+            pass
+
+    with websocket_server(send_escape) as url, Terminal(["chat", url, "--no-color"]) as terminal:
+        terminal.expect(r"< bell\\x07 and \\x1b\[2J clear")
+        terminal.expect(r"< \[binary, 2 bytes\] 0102")
+        terminal.type("/quit\r")
+        assert terminal.end() == 0
+
+
+def test_colour_on_a_terminal_unless_no_color() -> None:
+    with echo_server() as url, Terminal(["chat", url]) as terminal:
+        terminal.expect("\x1b\\[36mconnected")
+        terminal.prompt()
+        terminal.type("/quit\r")
+        assert terminal.end() == 0
+
+
+def test_ctrl_d_closes_with_1000() -> None:
+    server = CloseCodes()
+    with websocket_server(server.echo) as url, Terminal(["chat", url]) as terminal:
+        terminal.expect("connected")
+        terminal.prompt()
+        terminal.type("\x04")
+        status = terminal.end()
+        output = terminal.output
+        assert server.done.wait(10 * UNIT)
+    assert status == 0
+    assert "closed: 1000" in output
+    assert server.codes == [1000]
+
+
+def test_ctrl_c_closes_gracefully() -> None:
+    server = CloseCodes()
+    with websocket_server(server.echo) as url, Terminal(["chat", url]) as terminal:
+        terminal.expect("connected")
+        terminal.prompt()
+        terminal.type("\x03")
+        terminal.expect("closing \\(Ctrl-C again to abort\\)")
+        status = terminal.end()
+        output = terminal.output
+        assert server.done.wait(10 * UNIT)
+    assert status == 0
+    assert "Traceback" not in output
+    assert server.codes == [1000]
+
+
+def test_a_second_ctrl_c_aborts() -> None:
+    with Silent() as server, Terminal(["chat", server.url]) as terminal:
+        terminal.expect("connected")
+        terminal.prompt()
+        terminal.type("\x03")
+        terminal.expect("Ctrl-C again to abort")
+        time.sleep(0.2 * UNIT)  # the prompt has ended: the terminal is back in cooked mode
+        started = time.monotonic()
+        terminal.type("\x03")
+        status = terminal.end()
+        elapsed = time.monotonic() - started
+        output = terminal.output
+    assert status == 1
+    assert elapsed < 1.0 * UNIT  # not the 5 s close timeout
+    assert "aborted" in output
+    assert "Traceback" not in output

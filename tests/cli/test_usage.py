@@ -1,0 +1,103 @@
+"""The command line itself: --help, --version, usage errors (status 2), and the pieces of the
+command that need no process: escaping, the one line for a failed connection, exit statuses."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from duplexthreads import ConnectError, ExitReport, HandshakeRejected, Reason, __version__
+from duplexthreads.cli import main
+from duplexthreads.cli._chat import describe_connect_error, exit_status
+from duplexthreads.cli._render import escape, show_binary
+
+from ..timing import UNIT
+from .command import run
+
+pytestmark = pytest.mark.timeout(60 * UNIT)
+
+
+def test_help_lists_the_exit_codes() -> None:
+    result = run(["--help"])
+    assert result.code == 0
+    for line in ("0  the connection closed normally", "1  it closed abnormally", "2  usage error", "3  could not"):
+        assert line in result.stdout
+    chat = run(["chat", "--help"])
+    assert chat.code == 0
+    assert "/close [code [reason]]" in chat.stdout and "3  could not connect" in chat.stdout
+
+
+def test_version_from_the_module_too() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "duplexthreads", "--version"], capture_output=True, timeout=30 * UNIT, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.decode().strip() == f"duplexthreads {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        ([], "choose a command"),
+        (["chat", "--header", "no colon"], "--header takes 'Name: value'"),
+        (["chat", "ws://x/", "--auth", "nocolon"], "--auth takes USER:PASSWORD"),
+        (["chat", "ws://x/", "--wait", "0"], "must be a positive number of seconds"),
+        (["chat", "ws://x/", "--backend", "curl"], "invalid choice"),
+        (["chat", "-k"], "need a URL"),
+        (["serve", "--port", "70000"], "a port is 0 to 65535"),
+        (["chat", "ws://x/", "-k", "--cafile", "ca.pem"], "contradict"),
+    ],
+)
+def test_usage_errors_exit_2(argv: list, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_url_that_is_not_websocket_is_a_usage_error() -> None:
+    result = run(["chat", "http://127.0.0.1:1/"])
+    assert result.code == 2
+    assert result.stderr.strip() == "error: url must start with ws:// or wss://, not 'http://127.0.0.1:1/'"
+
+
+def test_escape_and_binary() -> None:
+    assert escape("plain · text") == "plain · text"
+    assert escape("a\nb\r\tc\x00\x7f\x9b") == "a\\nb\\r\\tc\\x00\\x7f\\x9b"
+    assert show_binary(b"\x00\xff") == "[binary, 2 bytes] 00ff"
+    assert show_binary(b"\x01") == "[binary, 1 byte] 01"
+    assert show_binary(b"abcdef", limit=2) == "[binary, 6 bytes] 6162..."
+
+
+def test_the_reason_a_connection_failed() -> None:
+    def chained(cause: BaseException) -> ConnectError:
+        try:
+            raise ConnectError("ws://h/: cannot connect") from cause
+        except ConnectError as exc:
+            return exc
+
+    assert "(DNS lookup failed)" in describe_connect_error("ws://h/", chained(socket.gaierror(-2, "unknown")))
+    assert "(connection refused)" in describe_connect_error("ws://h/", chained(ConnectionRefusedError(111, "no")))
+    assert "(handshake rejected with HTTP 403)" in describe_connect_error("ws://h/", HandshakeRejected(403, "no"))
+    assert "\n" not in describe_connect_error("ws://h/", HandshakeRejected(400, "two\nlines"))
+
+
+@pytest.mark.parametrize(
+    "reason, code, error, status",
+    [
+        (Reason.PEER_CLOSED, 1000, None, 0),
+        (Reason.PEER_CLOSED, 1001, None, 0),
+        (Reason.PEER_CLOSED, 1005, None, 0),
+        (Reason.PEER_CLOSED, 4001, None, 1),
+        (Reason.PEER_CLOSED, 1011, None, 1),
+        (Reason.LOCAL_CLOSE, 4000, None, 0),
+        (Reason.LOCAL_CLOSE, 1000, TimeoutError("no answer"), 1),
+        (Reason.READ_ERROR, 1006, None, 1),
+        (Reason.HEARTBEAT_TIMEOUT, 1011, TimeoutError(), 1),
+        (Reason.ABORTED, 1006, None, 1),
+    ],
+)
+def test_exit_status(reason: Reason, code: int, error: object, status: int) -> None:
+    report = ExitReport(1, "reader", reason, error=error, close_code=code)  # type: ignore[arg-type]
+    assert exit_status(report) == status
