@@ -410,6 +410,7 @@ class RedisBackplane(Backplane):
                 missed=self._missed,
                 outages=self._outages,
                 connected=self._state == _UP,
+                pending=len(self._outbox),
             )
 
     @property

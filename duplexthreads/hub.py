@@ -58,14 +58,20 @@ class BackplaneStats:
     published: int = 0
     #: Other hubs' broadcasts received from the channel (each delivered to the members here).
     received: int = 0
-    #: This hub's broadcasts that never reached the channel (lost in an outage).
+    #: This hub's broadcasts that did not go out (outbox full, left at close), or went out
+    #: when the connection broke, with no word whether they arrived: each is lost, or was
+    #: delivered once, never twice.
     unsent: int = 0
-    #: Other hubs' broadcasts known to be lost on the way here (gaps in their numbering).
+    #: Other hubs' broadcasts known to be lost on the way here (gaps in their numbering). Each
+    #: receiving hub counts its own: with three hubs or more the totals across hubs do not add up
+    #: to the messages lost.
     missed: int = 0
     #: Times the connection to the channel was lost.
     outages: int = 0
     #: Whether the channel is reachable now.
     connected: bool = False
+    #: This hub's broadcasts waiting to go out now (they pile up during an outage).
+    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,9 @@ class Backplane:
 
     def publish(self, message: Message) -> None:
         """Hand ``message`` to the other hubs. Never waits for the network: what cannot be
-        sent now is queued (bounded) or counted as ``unsent``."""
+        sent now is queued (bounded) or counted as ``unsent``. Never raises either: a message
+        published during or after :meth:`close` (a broadcast racing the hub's close) is counted
+        as ``unsent``."""
         raise NotImplementedError
 
     def close(self) -> None:

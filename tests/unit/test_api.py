@@ -24,6 +24,10 @@ from duplexthreads import (
 PUBLIC_NAMES = {
     "BACKENDS",
     "Backoff",
+    "Backplane",
+    "BackplaneStats",
+    "ChatServer",
+    "RedisBackplane",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
@@ -52,6 +56,7 @@ PUBLIC_NAMES = {
     "accept",
     "close_all",
     "connect",
+    "serve",
 }
 
 
