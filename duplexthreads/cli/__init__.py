@@ -7,6 +7,8 @@ input side, ``_render`` what it prints, ``_serve`` the server.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional, Sequence
 
 from ._args import EXIT_ABNORMAL, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, parse
@@ -37,3 +39,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Ctrl-C before the command's own handlers were in place (while starting up).
         renderer.status("interrupted")
         return EXIT_ABNORMAL
+    except Exception as exc:  # noqa: BLE001 - a bug of ours still gets one line, not a traceback
+        renderer.error(f"unexpected {exc!r}")
+        return EXIT_ABNORMAL
+    finally:
+        _release_a_broken_stdout()
+
+
+def _release_a_broken_stdout() -> None:
+    """If whoever read stdout left (``| head -1``), point it at /dev/null: otherwise the
+    interpreter's last flush would complain about the broken pipe on stderr."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass

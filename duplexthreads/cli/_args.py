@@ -172,8 +172,13 @@ def _seconds(text: str) -> float:
 
 
 def _seconds_or_off(text: str) -> Optional[float]:
-    if text.strip() in ("0", "0.0", "off"):
+    if text.strip() == "off":
         return None
+    try:
+        if float(text) == 0:
+            return None
+    except ValueError:
+        pass  # _seconds says what is wrong with it
     return _seconds(text)
 
 

@@ -115,7 +115,11 @@ def _chat(args: argparse.Namespace, url: str, renderer: Renderer) -> int:
     except KeyboardInterrupt:
         renderer.error(f"could not connect to {url}: interrupted")
         return EXIT_CONNECT
-    return session.run(conn)
+    try:
+        return session.run(conn)
+    except BaseException:
+        conn.abort()  # Ctrl-C before the handlers were in place, or a bug: leave nothing open
+        raise
 
 
 def _ssl_context(args: argparse.Namespace, url: str, renderer: Renderer) -> Optional[ssl.SSLContext]:
@@ -301,7 +305,15 @@ class ChatSession:
                 self.renderer.redirect(sys.stdout, sys.stderr)
                 proxy.close()
             return
-        self._wait_to_quit(PipeInput(self.wakeup, sys.stdin.fileno()).next_event)
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            fd = -1
+        if fd < 0:  # no stdin at all (closed with <&-): like input that ended at once
+            self._input_done_at = time.monotonic()
+            self._wait_to_quit(None)
+            return
+        self._wait_to_quit(PipeInput(self.wakeup, fd).next_event)
 
     def _wait_to_quit(self, read: Optional[Callable[[], Optional[Event]]]) -> None:
         """Read and act until QUIT: lines while input lasts, then only wake-ups."""

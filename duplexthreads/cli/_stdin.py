@@ -1,16 +1,17 @@
-"""The input side of a chat: stdin and a wake-up pipe, waited on together.
+"""The input side of a chat: stdin and a wake-up socket, waited on together.
 
 Nothing here sits in a blocking ``input()``. The stdin worker waits on two file descriptors at
-once: stdin, and the read end of a :class:`Wakeup` pipe that other threads (and signal
+once: stdin, and one end of a :class:`Wakeup` socket pair that other threads (and signal
 handlers) write one byte to when the worker must look up: ``q`` when the connection has ended
 (its quit is set), ``i`` for Ctrl-C or SIGTERM. So the worker leaves its wait within a
 wake-up however idle the user is, and the connection's teardown never waits for it.
 
-Two sources read stdin: :class:`PipeInput` with ``select()`` on raw reads (pipes and files),
-and :class:`TerminalInput` with prompt-toolkit (a person at a terminal: line editing, history,
-and messages printed above the line being typed). prompt-toolkit runs its asyncio loop in the
-worker thread, and the wake-up pipe is one more reader on that loop, so a wake-up ends the
-prompt at once. Both need ``select()`` on pipes, which is POSIX: see :data:`STDIN_SUPPORTED`.
+Two sources read stdin: :class:`PipeInput` with ``select()`` on raw reads (pipes, files, a
+terminal in line mode), and :class:`TerminalInput` with prompt-toolkit (a person at a
+terminal: line editing, history, and messages printed above the line being typed).
+prompt-toolkit runs its asyncio loop in the worker thread, and the wake-up socket is one more
+reader on that loop, so a wake-up ends the prompt at once. ``select()`` on stdin is POSIX
+only: see :data:`STDIN_SUPPORTED`.
 """
 
 from __future__ import annotations
