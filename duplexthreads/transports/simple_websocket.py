@@ -27,10 +27,16 @@ the upgrade request, which Werkzeug read ahead into its request file, is handed 
 WebSocket (it is the client's first frames, or a protocol error); and once the WebSocket has
 ended the socket is marked ended (:func:`_mark_ended`), so that Werkzeug reads end of stream
 from it and writes nothing more to it, however the view ends.
+
+Under Gunicorn the socket is marked ended too, and the transport shuts it down instead of
+closing it: Gunicorn closes its own socket object once the view returns, and a socket object
+closed under it made it log every WebSocket's end as an error and (gthread) count the
+connection closed twice.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
@@ -68,6 +74,7 @@ from ._sockets import (
     SocketWriter,
     await_end_of_stream,
     close_without_reset,
+    drain,
     shutdown_quietly,
     wait_for,
     write_frames,
@@ -323,15 +330,18 @@ class SimpleWebSocketTransport(Transport):
         connection_id: int,
         watch: Optional[_Watch] = None,
         *,
-        werkzeug: bool = False,
+        wsgi_server: Optional[str] = None,
     ) -> None:
         super().__init__(connection_id)
         self._ws = ws
         self._guard = guard
         self._watch = watch if watch is not None else _Watch(None)
         self._is_client = isinstance(ws, _Client)
-        # Under Werkzeug (set by accept()) the socket is marked ended once closed.
-        self._werkzeug = werkzeug
+        # "werkzeug" or "gunicorn" on the server side (set by accept()): the WSGI server that
+        # holds the socket too, which is marked ended once the WebSocket is closed.
+        self._wsgi_server = wsgi_server
+        # Set by close() under a WSGI server, which closes the descriptor itself later.
+        self._handed_back = False
         # Only the client side frames its own data (the server's go through wsproto).
         self.direct_writes = self._is_client and guard.writer.can_write_now
         self._thread: threading.Thread = ws.thread
@@ -389,7 +399,7 @@ class SimpleWebSocketTransport(Transport):
         for key in ("werkzeug.socket", "gunicorn.socket"):
             if environ.get(key) is not None:
                 raw = environ[key]
-                werkzeug = key == "werkzeug.socket"
+                server = key.split(".")[0]
                 break
         else:
             raise ConnectError(
@@ -410,7 +420,7 @@ class SimpleWebSocketTransport(Transport):
             # A proxy would pass those bytes on as the request's body; here they would be read
             # as the client's first frames. Refused, so that both read the connection alike.
             raise HandshakeRejected(400, "a WebSocket upgrade request has no body (it has a Content-Length)")
-        ahead = _read_ahead(environ.get("wsgi.input"), raw) if werkzeug else b""
+        ahead = _read_ahead(environ.get("wsgi.input"), raw) if server == "werkzeug" else b""
         raw.settimeout(None)
         guard = _GuardedSocket(raw)
         guard.pending = ahead
@@ -434,7 +444,7 @@ class SimpleWebSocketTransport(Transport):
             raise HandshakeRejected(400, f"not a valid WebSocket upgrade request: {exc!r}") from exc
         except Exception as exc:  # the client gone (OSError), or the backends' own errors
             raise ConnectError(f"WebSocket handshake failed: {exc!r}") from exc
-        return cls(ws, guard, connection_id, watch, werkzeug=werkzeug)
+        return cls(ws, guard, connection_id, watch, wsgi_server=server)
 
     @property
     def raw_socket(self) -> socket.socket:
@@ -443,8 +453,8 @@ class SimpleWebSocketTransport(Transport):
 
     @property
     def closed(self) -> bool:
-        """True once close() released the socket."""
-        return self.raw_socket.fileno() == -1
+        """True once close() released the socket (under a WSGI server: handed it back to it)."""
+        return self._handed_back or self.raw_socket.fileno() == -1
 
     @property
     def subprotocol(self) -> Optional[str]:
@@ -589,10 +599,19 @@ class SimpleWebSocketTransport(Transport):
             self.shutdown()
             raise
         finally:
-            close_without_reset(raw)
-            if self._werkzeug:
-                # Werkzeug still holds the descriptor (its request file): it must not read from it.
+            if self._wsgi_server == "gunicorn":
+                # Gunicorn closes this very socket object once the view returns, and fails on one
+                # closed under it (gthread then counts the connection closed twice, and logs an
+                # error): end the connection here and leave the descriptor to Gunicorn.
+                drain(raw)
+                shutdown_quietly(raw)
+            else:
+                close_without_reset(raw)
+            if self._wsgi_server is not None:
+                # The server still holds the descriptor (Werkzeug's request file, Gunicorn's
+                # socket object): it must not read from it nor write to it.
                 _mark_ended(raw)
+                self._handed_back = True
         if not thread.is_alive():
             self._release()
 
@@ -671,7 +690,8 @@ class _Ended:
 
     Mixed into the socket's own class by :func:`_mark_ended`; the descriptor is untouched and
     still closed by its owner (the WSGI server), but nothing can read the client's bytes from it
-    any more, nor write an HTTP response after the WebSocket.
+    any more, nor write an HTTP response after the WebSocket. A write fails as a broken pipe,
+    which the servers take for a client gone (Gunicorn logs any other socket error at ERROR).
     """
 
     __slots__ = ()
@@ -683,10 +703,10 @@ class _Ended:
         return 0
 
     def send(self, data: Any, flags: int = 0) -> int:
-        raise ConnectionAbortedError("the WebSocket on this connection has ended")
+        raise BrokenPipeError(errno.EPIPE, "the WebSocket on this connection has ended")
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        raise ConnectionAbortedError("the WebSocket on this connection has ended")
+        raise BrokenPipeError(errno.EPIPE, "the WebSocket on this connection has ended")
 
 
 _ENDED_CLASSES: Dict[type, type] = {}
