@@ -101,32 +101,37 @@ def _chat(args: argparse.Namespace, url: str, renderer: Renderer) -> int:
         on_message=session.on_message,
     )
     try:
-        if args.reconnect:
-            options.update(on_open=session.on_open, on_close=session.on_close)
-            client = connect(url, reconnect=True, **options)
-            return session.run_reconnecting(client)
-        conn = connect(url, start=False, **options)
-    except ConnectError as exc:
-        renderer.error(describe_connect_error(url, exc))
-        return EXIT_CONNECT
-    except (ValueError, TypeError) as exc:
-        renderer.error(escape(str(exc)))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        renderer.error(f"could not connect to {url}: interrupted")
-        return EXIT_CONNECT
-    try:
-        return session.run(conn)
-    except BaseException:
-        conn.abort()  # Ctrl-C before the handlers were in place, or a bug: leave nothing open
-        raise
+        link: Link
+        try:
+            if args.reconnect:
+                link = connect(url, reconnect=True, on_open=session.on_open, on_close=session.on_close, **options)
+            else:
+                link = connect(url, start=False, **options)
+        except ConnectError as exc:
+            renderer.error(describe_connect_error(url, exc))
+            return EXIT_CONNECT
+        except (ValueError, TypeError) as exc:  # the URL, a header: checked before any I/O
+            renderer.error(escape(str(exc)))
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            renderer.error(f"could not connect to {url}: interrupted")
+            return EXIT_CONNECT
+        try:
+            if isinstance(link, ReconnectingClient):
+                return session.run_reconnecting(link)
+            return session.run(link)
+        except BaseException:
+            link.abort()  # Ctrl-C before the handlers were in place, or a bug: leave nothing open
+            raise
+    finally:
+        session.close()
 
 
 def _ssl_context(args: argparse.Namespace, url: str, renderer: Renderer) -> Optional[ssl.SSLContext]:
     if not url.lower().startswith("wss://"):
         return None
     if args.insecure:
-        renderer.warning("--insecure: the server's certificate is not checked; anyone on the path can read this")
+        renderer.warning("--insecure: the server's certificate is not checked, so anyone on the path could pose as it")
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -196,8 +201,8 @@ class ChatSession:
             self._show_pongs(conn)
         conn.add_worker("stdin", self.work)
         with self._signals_wake_the_worker():
+            self._connected(conn)  # first: the server may greet us as soon as the reader runs
             conn.start()
-            self._connected(conn)
             self._attached.wait()  # the worker's first act; it always runs once started
             assert self._quit is not None
             self._quit.wait()
@@ -229,9 +234,11 @@ class ChatSession:
     def _finish(self, report: ExitReport) -> int:
         for helper in self._helpers:
             helper.join()
-        self.wakeup.close()
         self.renderer.ended(report)
         return exit_status(report)
+
+    def close(self) -> None:
+        self.wakeup.close()
 
     def _connected(self, conn: Duplex) -> None:
         subprotocol = f" (subprotocol {conn.subprotocol})" if conn.subprotocol else ""
@@ -259,6 +266,9 @@ class ChatSession:
             self._request_close(1000, "")
 
     def on_open(self, conn: Duplex) -> None:
+        """--reconnect: each connection of the series, before anything is sent on it."""
+        if self.args.show_ping_pong:
+            self._show_pongs(conn)  # the reader may already run: the next pong is shown
         self._connected(conn)
 
     def on_close(self, report: ExitReport) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from ..timing import UNIT
-from .command import Piped, run
+from .command import Piped, free_port, run
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
@@ -60,3 +67,58 @@ def test_serve_on_a_port_in_use_is_a_usage_error() -> None:
     assert result.code == 2
     assert "cannot listen on 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own on a free loopback port."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("DUPLEXTHREADS_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is required (DUPLEXTHREADS_REQUIRE_REDIS=1) but not on PATH")
+        pytest.skip("needs redis-server")
+    port = free_port()
+    server = subprocess.Popen(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10 * UNIT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
+                time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.kill()
+        server.wait(10 * UNIT)
+
+
+def test_two_servers_share_a_room_through_redis(redis_url: str) -> None:
+    room = ["--redis", redis_url, "--channel", "cli-test-room"]
+    with Piped(["serve", *room]) as east, Piped(["serve", *room]) as west:
+        east_url = east.expect(f"chat server on ({URL}), room shared through", "stderr").group(1)
+        west_url = west.expect(f"chat server on ({URL}), room shared through", "stderr").group(1)
+        with Piped(["chat", west_url]) as listener:
+            listener.expect(r"^\* welcome")
+            deadline = time.monotonic() + 10 * UNIT
+            # Each server subscribes in the background: say it again until the other side hears.
+            while True:
+                result = run(["chat", east_url, "-x", "across the backplane", "-w", "0.1"], stdin=None)
+                assert result.code == 0, result.stderr
+                try:
+                    listener.expect("^across the backplane$", timeout=0.5 * UNIT)
+                    break
+                except AssertionError:
+                    assert time.monotonic() < deadline, listener.seen
+            listener.end_input()
+            assert listener.wait() == 0
+        for server in (east, west):
+            server.signal(signal.SIGINT)
+            assert server.wait() == 0
