@@ -2,7 +2,8 @@
 ``serve`` (the embedded chat server). ``main()`` is the console script's entry point.
 
 One module per part: ``_args`` the command line, ``_chat`` the client session, ``_stdin`` its
-input side, ``_render`` what it prints, ``_serve`` the server.
+input side, ``_wakeup`` how a thread waiting on file descriptors is woken (by the connection's
+end, by signals), ``_render`` what it prints, ``_serve`` the server.
 """
 
 from __future__ import annotations

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import ssl
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ..client import connect
@@ -36,7 +34,8 @@ from ..report import ExitReport, Message, Reason
 from ..session import Duplex
 from ._args import EXIT_ABNORMAL, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, header_lines
 from ._render import Renderer, describe_end, escape
-from ._stdin import STDIN_SUPPORTED, Event, Line, PipeInput, Signal, TerminalInput, Wakeup
+from ._stdin import STDIN_SUPPORTED, Event, Line, PipeInput, TerminalInput
+from ._wakeup import Signal, Wakeup
 
 __all__ = ["run_chat"]
 
@@ -200,7 +199,7 @@ class ChatSession:
         if self.args.show_ping_pong:
             self._show_pongs(conn)
         conn.add_worker("stdin", self.work)
-        with self._signals_wake_the_worker():
+        with self.wakeup.on_signals():
             self._connected(conn)  # first: the server may greet us as soon as the reader runs
             conn.start()
             self._attached.wait()  # the worker's first act; it always runs once started
@@ -223,7 +222,7 @@ class ChatSession:
                 client.abort()
 
         worker = threading.Thread(target=work, name="duplexthreads-chat-stdin", daemon=True)
-        with self._signals_wake_the_worker():
+        with self.wakeup.on_signals():
             worker.start()
             report = client.wait()
             quit.set()
@@ -245,9 +244,6 @@ class ChatSession:
         hint = " - /help for commands, Ctrl-D to quit" if self.typing else ""
         # On stderr even for scripts: a log then says when the connection was up.
         self.renderer.status(f"connected{subprotocol}{hint}")
-
-    def _signals_wake_the_worker(self) -> _SignalHandlers:
-        return _SignalHandlers(lambda: self.wakeup.wake(Signal.INTERRUPT))
 
     # -- callbacks -----------------------------------------------------------------------------
 
@@ -449,28 +445,3 @@ class ChatSession:
         helper = threading.Thread(target=method, args=args, name=f"duplexthreads-chat-{name}", daemon=True)
         helper.start()
         self._helpers.append(helper)
-
-
-class _SignalHandlers:
-    """SIGINT and SIGTERM call ``wake`` instead of raising, for the time of a ``with`` block.
-
-    Only the main thread may set handlers; elsewhere (the command run from a thread, in tests)
-    the defaults stay.
-    """
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake = wake
-        self._previous: Dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> _SignalHandlers:
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self._previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame: Optional[FrameType]) -> None:
-        self._wake()
-
-    def __exit__(self, *exc_info: object) -> None:
-        for number, previous in self._previous.items():
-            signal.signal(number, previous)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from types import FrameType
-from typing import Any, Dict, Optional
 
 from ..chat_server import serve
 from ._args import EXIT_OK, EXIT_USAGE
 from ._render import Renderer, escape
+from ._wakeup import Signal, Wakeup
 
 __all__ = ["run_serve"]
 
@@ -31,34 +28,28 @@ def run_serve(args: argparse.Namespace, renderer: Renderer) -> int:
         except (ValueError, TypeError, OSError, ImportError) as exc:
             renderer.error(f"--redis {args.redis}: {escape(str(exc))}")
             return EXIT_USAGE
-    stop = threading.Event()
-    previous: Dict[signal.Signals, Any] = {}
-
-    def handle(number: int, frame: Optional[FrameType]) -> None:
-        stop.set()
-
-    for number in (signal.SIGINT, signal.SIGTERM):
-        previous[number] = signal.signal(number, handle)
+    wakeup = Wakeup()
     try:
-        try:
-            server = serve(args.host, args.port, backplane=backplane)
-        except OSError as exc:  # the address is not one of this machine's
-            renderer.error(f"cannot listen on {args.host}:{args.port}: {escape(str(exc))}")
-            return EXIT_USAGE
-        except SystemExit:
-            # Werkzeug's server exits instead of raising when the port is taken (after saying
-            # so on stderr itself).
-            renderer.error(f"cannot listen on {args.host}:{args.port}")
-            return EXIT_USAGE
-        try:
-            room = f", room shared through {args.redis}" if args.redis else ""
-            renderer.status(f"chat server on {server.url}{room} - join with: duplexthreads chat {server.url}")
-            renderer.status("Ctrl-C stops it")
-            stop.wait()  # a signal handler's set() wakes it; nothing else runs here
-        finally:
-            server.close()
+        with wakeup.on_signals():
+            try:
+                server = serve(args.host, args.port, backplane=backplane)
+            except OSError as exc:  # the address is not one of this machine's
+                renderer.error(f"cannot listen on {args.host}:{args.port}: {escape(str(exc))}")
+                return EXIT_USAGE
+            except SystemExit:
+                # Werkzeug's server exits instead of raising when the port is taken (after saying
+                # so on stderr itself).
+                renderer.error(f"cannot listen on {args.host}:{args.port}")
+                return EXIT_USAGE
+            try:
+                room = f", room shared through {args.redis}" if args.redis else ""
+                renderer.status(f"chat server on {server.url}{room} - join with: duplexthreads chat {server.url}")
+                renderer.status("Ctrl-C stops it")
+                while wakeup.wait(None) is not Signal.INTERRUPT:
+                    pass
+            finally:
+                server.close()
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        wakeup.close()
     renderer.status("chat server stopped")
     return EXIT_OK

@@ -1,10 +1,10 @@
 """The input side of a chat: stdin and a wake-up socket, waited on together.
 
 Nothing here sits in a blocking ``input()``. The stdin worker waits on two file descriptors at
-once: stdin, and one end of a :class:`Wakeup` socket pair that other threads (and signal
-handlers) write one byte to when the worker must look up: ``q`` when the connection has ended
-(its quit is set), ``i`` for Ctrl-C or SIGTERM. So the worker leaves its wait within a
-wake-up however idle the user is, and the connection's teardown never waits for it.
+once: stdin, and a :class:`~._wakeup.Wakeup` that the main thread writes to when the
+connection has ended (its quit is set), and SIGINT and SIGTERM write to as they come. So the
+worker leaves its wait within a wake-up however idle the user is, and the connection's
+teardown never waits for it.
 
 Two sources read stdin: :class:`PipeInput` with ``select()`` on raw reads (pipes, files, a
 terminal in line mode), and :class:`TerminalInput` with prompt-toolkit (a person at a
@@ -17,36 +17,24 @@ only: see :data:`STDIN_SUPPORTED`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import enum
 import os
 import select
-import socket
 import sys
-from typing import TYPE_CHECKING, Any, Deque, List, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Union
+
+from ._wakeup import Signal, Wakeup
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
 
-__all__ = ["STDIN_SUPPORTED", "Event", "Line", "PipeInput", "Signal", "TerminalInput", "Wakeup"]
+__all__ = ["STDIN_SUPPORTED", "Event", "Line", "PipeInput", "TerminalInput"]
 
 #: Whether stdin can be waited on with select() together with the wake-up socket. Windows'
 #: select() takes only sockets: there the command reads no stdin (only -x works), as documented.
 STDIN_SUPPORTED = os.name == "posix"
 
 _READ_SIZE = 65536
-
-
-class Signal(enum.Enum):
-    """What the input side reports besides lines."""
-
-    #: End of input: stdin closed, or Ctrl-D at the prompt.
-    EOF = "eof"
-    #: Ctrl-C (the key at the prompt, or SIGINT) or SIGTERM.
-    INTERRUPT = "interrupt"
-    #: The connection has ended: leave now.
-    QUIT = "quit"
 
 
 class Line(NamedTuple):
@@ -57,58 +45,6 @@ class Line(NamedTuple):
 
 
 Event = Union[Line, Signal]
-
-_BYTES = {Signal.QUIT: b"q", Signal.INTERRUPT: b"i"}
-
-
-class Wakeup:
-    """A self-pipe: ``wake()`` from any thread or a signal handler; the worker waits on ``fileno()``.
-
-    A socket pair rather than os.pipe(): select() takes sockets everywhere, Windows included.
-    """
-
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        # Neither end may ever block: a signal handler must not wait for the worker, and the
-        # worker drains what is there and goes back to its wait.
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._pending: Deque[Signal] = collections.deque()
-
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def wake(self, signal: Signal) -> None:
-        """Make the worker's wait return ``signal``; safe in a signal handler."""
-        try:
-            self._writer.send(_BYTES[signal])
-        except OSError:
-            pass  # a full buffer already holds wake-ups; a closed one has no reader left
-
-    def take(self) -> Optional[Signal]:
-        """The next signal written, if any; QUIT goes ahead of everything, as nothing else matters then."""
-        try:
-            data = self._reader.recv(4096)
-        except OSError:  # BlockingIOError: nothing written; or closed
-            data = b""
-        for byte in data:
-            self._pending.append(Signal.QUIT if byte == _BYTES[Signal.QUIT][0] else Signal.INTERRUPT)
-        if Signal.QUIT in self._pending:
-            self._pending.clear()
-            return Signal.QUIT
-        return self._pending.popleft() if self._pending else None
-
-    def wait(self, timeout: Optional[float]) -> Optional[Signal]:
-        """Wait for a wake-up only (stdin is not read): a signal, or None after ``timeout``."""
-        pending = self.take()
-        if pending is not None:
-            return pending
-        select.select([self._reader], [], [], timeout)
-        return self.take()
-
-    def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
 
 
 class PipeInput:
