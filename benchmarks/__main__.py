@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run every benchmark section, print a table each, write one JSON file.
 
-    python -m benchmarks                       full run (about 10-15 minutes on 2 cores)
-    python -m benchmarks --quick               short run (about 3-4 minutes)
+    python -m benchmarks                       full run (about 15-20 minutes on 2 cores)
+    python -m benchmarks --quick               short run (about 4-5 minutes)
     python -m benchmarks --only idle,scale     a subset, in SECTIONS order
     python -m benchmarks --check BASE.json     also compare with a saved run; exit 1 on a regression
     python -m benchmarks --write-baseline BASE.json
@@ -46,7 +46,7 @@ from ._resources import load_average, machine_info
 from ._trials import leftover_line, measure_checked
 
 #: Every section, in the order they run. Modules that are not there yet are skipped.
-SECTIONS = ("throughput", "teardown_paths", "idle", "liveness", "scale", "naive", "soak")
+SECTIONS = ("throughput", "teardown_paths", "idle", "liveness", "scale", "naive", "soak", "room")
 #: Seconds each section may take: (full run, quick run). Their sums bound a run's length.
 CAPS: Dict[str, Tuple[float, float]] = {
     "throughput": (180.0, 60.0),
@@ -56,6 +56,7 @@ CAPS: Dict[str, Tuple[float, float]] = {
     "scale": (420.0, 150.0),
     "naive": (90.0, 15.0),
     "soak": (180.0, 30.0),
+    "room": (420.0, 120.0),
 }
 DEFAULT_CAP = (90.0, 20.0)
 #: Seconds past its cap before a section's process is killed.
@@ -191,7 +192,7 @@ def selected(only: Optional[str]) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (about 3-4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 4-5 minutes)")
     parser.add_argument("--only", metavar="NAME[,NAME]", help=f"run these sections only: {', '.join(SECTIONS)}")
     parser.add_argument("--json", metavar="PATH", default=str(DEFAULT_JSON), help="where to write the results")
     parser.add_argument("--check", metavar="BASELINE", help="compare the metrics with BASELINE; exit 1 on a regression")
