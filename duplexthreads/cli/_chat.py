@@ -41,6 +41,8 @@ __all__ = ["run_chat"]
 
 #: Seconds /ping waits for its pong.
 PING_TIMEOUT = 5.0
+#: Seconds between looks at the wake-up while send() waits for room in a full queue.
+SEND_SLICE = 0.1
 
 SLASH_HELP = """\
 /ping [payload]         send a ping, print the round trip
@@ -370,16 +372,31 @@ class ChatSession:
         self._send(line)
 
     def _send(self, line: Line) -> bool:
-        """Send a line; False once the connection is closing."""
+        """Send a line; False once the connection is closing.
+
+        A server that stops reading fills the outbound queue, and send() waits for room. The
+        wait goes in slices, between which Ctrl-C is heard: the close it starts seals the
+        queue, and send() then raises ConnectionClosed instead of waiting on.
+        """
         assert self.link is not None
-        try:
-            self.link.send(line.raw if self.args.binary else line.text)
-        except ConnectionClosed:
-            self._closing = True  # it is ending; the wake-up to quit follows
-            return False
-        except ValueError as exc:  # text UTF-8 cannot carry (a lone surrogate)
-            self.renderer.error(f"not sent: {escape(str(exc))}")
-        return True
+        message = line.raw if self.args.binary else line.text
+        while True:
+            try:
+                self.link.send(message, timeout=SEND_SLICE)
+            except TimeoutError:
+                signal = self.wakeup.take()
+                if signal is Signal.QUIT:
+                    self.wakeup.wake(Signal.QUIT)  # for the wait that follows
+                    return False
+                if signal is Signal.INTERRUPT:
+                    self._interrupt()
+                continue
+            except ConnectionClosed:
+                self._closing = True  # it is ending; the wake-up to quit follows
+                return False
+            except ValueError as exc:  # text UTF-8 cannot carry (a lone surrogate)
+                self.renderer.error(f"not sent: {escape(str(exc))}")
+            return True
 
     def _command(self, text: str) -> None:
         name, _, rest = text.partition(" ")

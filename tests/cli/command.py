@@ -91,8 +91,11 @@ class Piped:
         lines.put(None)
 
     def send(self, text: str) -> None:
+        self.send_bytes(text.encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(text.encode("utf-8"))
+        self.process.stdin.write(data)
         self.process.stdin.flush()
 
     def end_input(self) -> None:

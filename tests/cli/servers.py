@@ -44,8 +44,8 @@ class Silent:
     """A server that completes the handshake and then says nothing, answers nothing: no pong,
     no close frame. A client's close to it can only end by timing out or aborting."""
 
-    def __init__(self) -> None:
-        self._raw = RawServer()
+    def __init__(self, *, receive_buffer: Optional[int] = None) -> None:
+        self._raw = RawServer(receive_buffer=receive_buffer)
         self.url = self._raw.url
         self._sockets: List[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, name="test-silent-server")

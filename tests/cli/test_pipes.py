@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import threading
 import time
 from typing import List, Tuple
 
@@ -10,7 +13,7 @@ import pytest
 from websockets.sync.server import ServerConnection
 
 from ..timing import UNIT
-from .command import Piped, run
+from .command import Piped, child_env, run
 from .servers import Silent, echo_server, websocket_server
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
@@ -202,3 +205,45 @@ def test_reconnect_carries_on_after_an_abnormal_close() -> None:
         assert chat.wait() == 0
         errors = chat.rest("stderr")
     assert "connection ended (closed by the server: 1011 'first one drops')" in errors, chat.seen
+
+
+def test_ctrl_c_is_heard_while_a_server_that_does_not_read_holds_sending_up() -> None:
+    # The server never reads: the socket's buffers fill, then the outbound queue, and the
+    # command waits for room to send the next line. Ctrl-C still closes, and a second aborts.
+    def feed(chat: Piped) -> None:
+        line = b"x" * 8191 + b"\n"
+        try:
+            for _ in range(5000):  # 40 MB, more than buffers and queue hold
+                chat.send_bytes(line)
+        except (BrokenPipeError, OSError):
+            pass  # the command has ended
+
+    with Silent(receive_buffer=4096) as server, Piped(["chat", server.url]) as chat:
+        chat.expect("^connected$", "stderr")
+        feeder = threading.Thread(target=feed, args=(chat,), name="test-cli-feeder")
+        feeder.start()
+        try:
+            time.sleep(1.0 * UNIT)  # time to fill up
+            chat.signal(signal.SIGINT)
+            chat.expect("Ctrl-C again to abort", "stderr")
+            chat.signal(signal.SIGINT)
+            assert chat.wait() == 1
+        finally:
+            chat.close()
+            feeder.join(10 * UNIT)
+    assert any("aborted" in line for line in chat.rest("stderr")), chat.seen
+
+
+def test_prompt_toolkit_is_not_even_imported_without_a_terminal() -> None:
+    with echo_server() as url:
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "duplexthreads", "chat", url, "-w", "0.2"],
+            input=b"hi\n",
+            capture_output=True,
+            timeout=30 * UNIT,
+            env=child_env(),
+            check=False,
+        )
+    assert done.returncode == 0
+    assert done.stdout == b"hi\n"
+    assert b"prompt_toolkit" not in done.stderr
