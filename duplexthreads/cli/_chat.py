@@ -43,6 +43,8 @@ __all__ = ["run_chat"]
 PING_TIMEOUT = 5.0
 #: Seconds between looks at the wake-up while send() waits for room in a full queue.
 SEND_SLICE = 0.1
+#: Seconds prompt-toolkit's output thread pauses after a write at the prompt.
+PROXY_PAUSE = 0.05
 
 SLASH_HELP = """\
 /ping [payload]         send a ping, print the round trip
@@ -303,7 +305,9 @@ class ChatSession:
             from prompt_toolkit.patch_stdout import StdoutProxy
 
             # What the reader prints goes through prompt-toolkit, above the line being typed.
-            proxy = StdoutProxy(raw=True)
+            # Its writer thread pauses after each write to batch repaints (0.2 s by default);
+            # closing it waits that pause out, so keep it short: the command must exit promptly.
+            proxy = StdoutProxy(raw=True, sleep_between_writes=PROXY_PAUSE)
             self.renderer.redirect(proxy, proxy)  # type: ignore[arg-type]
             terminal = TerminalInput(self.wakeup)
             try:

@@ -160,10 +160,12 @@ class Piped:
 class Terminal:
     """The command running on a pseudo-terminal (pexpect), as a person would use it."""
 
-    def __init__(self, args: Sequence[str], timeout: float = 10 * UNIT) -> None:
+    def __init__(self, args: Sequence[str], timeout: float = 10 * UNIT, program: Optional[str] = None) -> None:
+        """The command with ``args``; or ``program`` with ``args`` (a shell running it, say)."""
+        self.ended_at: Optional[float] = None
         self.child = pexpect.spawn(
-            COMMAND[0],
-            [*COMMAND[1:], *args],
+            program or COMMAND[0],
+            list(args) if program else [*COMMAND[1:], *args],
             env=child_env(),
             encoding="utf-8",
             codec_errors="replace",
@@ -182,8 +184,9 @@ class Terminal:
         self.child.send(text)
 
     def end(self, timeout: float = 10 * UNIT) -> int:
-        """Wait for the command to exit; its exit status."""
+        """Wait for the command to exit; its exit status. ``ended_at``: when its output ended."""
         self.child.expect(pexpect.EOF, timeout=timeout)
+        self.ended_at = time.monotonic()
         self.child.close()
         status = self.child.exitstatus
         assert status is not None, f"killed by signal {self.child.signalstatus}"

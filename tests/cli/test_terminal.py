@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from typing import List, Optional
@@ -10,7 +11,7 @@ import pytest
 from websockets.sync.server import ServerConnection
 
 from ..timing import UNIT
-from .command import Terminal
+from .command import COMMAND, Terminal
 from .servers import Silent, echo_server, websocket_server
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
@@ -46,7 +47,7 @@ def test_the_server_closing_while_the_user_idles_at_the_prompt_ends_the_command_
         time.sleep(0.3 * UNIT)  # idle at the prompt
         close_now.set()
         status = terminal.end(timeout=10 * UNIT)
-        ended = time.monotonic()
+        ended = terminal.ended_at
         output = terminal.output
     assert ended - closed[0] < 0.5 * UNIT
     assert status == 1
@@ -67,6 +68,10 @@ def test_typing_sending_receiving_and_slash_commands() -> None:
         terminal.expect("< /slash")
         terminal.type("/nonsense\r")
         terminal.expect("unknown command /nonsense")
+        terminal.type("/close 1006\r")
+        terminal.expect("close code 1006 may not be sent")
+        terminal.type("/close soon\r")
+        terminal.expect("/close takes a close code")
         terminal.type("/close 4000 done for today\r")
         status = terminal.end()
         output = terminal.output
@@ -141,3 +146,21 @@ def test_a_second_ctrl_c_aborts() -> None:
     assert elapsed < 1.0 * UNIT  # not the 5 s close timeout
     assert "aborted" in output
     assert "Traceback" not in output
+
+
+def test_the_terminal_is_back_in_line_mode_after_the_server_closes_at_the_prompt() -> None:
+    # The prompt had the terminal in raw mode when the close came: the shell that runs the
+    # command next must get it back as it was.
+    def close_soon(ws: ServerConnection) -> None:
+        time.sleep(0.5 * UNIT)
+        ws.close(4001, "bye")
+
+    with websocket_server(close_soon) as url:
+        script = f"{shlex.join(COMMAND)} chat {url}; echo status=$?; stty -a"
+        with Terminal(["-c", script], program="/bin/sh") as terminal:
+            terminal.expect("closed by the server: 4001")
+            terminal.expect("status=1")
+            terminal.expect(r"\bicanon\b")
+            settings = terminal.output
+            assert terminal.end() == 0
+    assert " -icanon" not in settings and " -echo " not in settings, settings
