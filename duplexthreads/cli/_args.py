@@ -7,12 +7,13 @@ Parsing only; nothing here opens a socket. Usage errors leave through argparse's
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 from typing import List, Optional, Sequence
 
 from ..client import BACKENDS
 
-__all__ = ["EXIT_ABNORMAL", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "parse"]
+__all__ = ["EXIT_ABNORMAL", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "header_lines", "parse"]
 
 EXIT_OK = 0
 EXIT_ABNORMAL = 1
@@ -21,8 +22,8 @@ EXIT_CONNECT = 3
 
 EXIT_CODES = """\
 exit codes:
-  0  the connection closed normally: 1000, 1001 or 1005 from the server, or a close we asked for
-  1  it closed abnormally: 1006 (no close frame), an error close code, a heartbeat timeout
+  0  the connection closed normally: 1000, 1001 or 1005 from the server, or our close, answered
+  1  it closed abnormally: 1006 (no close frame), an error close code, a heartbeat timeout, an abort
   2  usage error
   3  could not connect: refused, DNS, TLS, timeout, or the handshake was rejected (HTTP status)
 """
@@ -194,8 +195,6 @@ def _port(text: str) -> int:
 
 def header_lines(args: argparse.Namespace) -> List[str]:
     """Every request header the flags ask for, as "Name: value" lines."""
-    import base64
-
     lines = [header.strip() for header in args.header]
     if args.origin is not None:
         lines.append(f"Origin: {args.origin}")
