@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -81,3 +82,14 @@ def test_insecure_connects_anyway_with_a_warning(tls_url: str) -> None:
     assert result.code == 0, result.stderr
     assert result.stdout == "over tls\n"
     assert "warning: --insecure" in result.stderr
+
+
+def test_a_server_that_never_answers_the_handshake_times_out() -> None:
+    with socket.socket() as listener:  # the kernel accepts the TCP connection; nobody answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        result = run(["chat", f"ws://127.0.0.1:{port}/", "--connect-timeout", "0.3"])
+    assert result.code == 3
+    assert "could not connect (timed out)" in one_error_line(result.stderr)
+    assert result.seconds < 5 * UNIT

@@ -164,3 +164,25 @@ def test_the_terminal_is_back_in_line_mode_after_the_server_closes_at_the_prompt
             settings = terminal.output
             assert terminal.end() == 0
     assert " -icanon" not in settings and " -echo " not in settings, settings
+
+
+def test_a_message_arriving_while_typing_leaves_the_line_being_typed_intact() -> None:
+    interrupt = threading.Event()
+
+    def echo_and_interrupt(ws: ServerConnection) -> None:
+        interrupt.wait(20 * UNIT)
+        ws.send("a message from elsewhere")
+        for message in ws:
+            ws.send(f"echo: {message}")
+
+    with websocket_server(echo_and_interrupt) as url, Terminal(["chat", url, "--no-color"]) as terminal:
+        terminal.expect("connected")
+        terminal.prompt()
+        terminal.type("half of a ")
+        terminal.expect("half of a")  # drawn: the trailing space is a cursor move
+        interrupt.set()
+        terminal.expect("< a message from elsewhere")
+        terminal.type("line\r")  # the rest of it: what was typed before is still there
+        terminal.expect("< echo: half of a line")
+        terminal.type("/quit\r")
+        assert terminal.end() == 0
