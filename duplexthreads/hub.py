@@ -1,17 +1,21 @@
 """``Hub``: a set of live connections that a message can reach all at once.
 
 A server room needs to send one message to many clients without letting any one of them set
-the pace. :meth:`Hub.broadcast` never waits for a client: each connection's own outbound queue
-(``max_queue`` messages) takes the message at once, or is full. A full queue means the client
-has fallen behind, and the hub's ``on_full`` policy decides:
+the pace. :meth:`Hub.broadcast` hands the message to each connection's own outbound queue
+(``max_queue`` messages), which takes it at once or is full. A full queue means the client has
+fallen behind. With ``grace`` (seconds, 0 by default) the broadcast then waits, that long in
+all and only after everyone else has the message, for such clients to make room: a client
+momentarily behind (a burst, another client's flood) is spared, and a broadcaster that outruns
+the room's readers is slowed to their pace instead of getting them cut off. With ``grace=0`` a
+broadcast never waits. A client still full after that is handled by the ``on_full`` policy:
 
 ``"close"`` (the default)
     cut the client off: its connection is closed with 1008 ("policy violation", a client too
-    slow for the room) in a thread of its own, bounded by the connection's ``close_timeout``
-    (5 s for one without a limit). The close frame goes behind what the client's queue holds,
-    so a client that reads nothing more never sees it, and its report then says the
-    handshake did not finish (1006). The report accounts for what its queue held; the message
-    that found the queue full was never accepted and is counted in ``stats.dropped``.
+    slow for the room) in a thread of its own, bounded by one second (its ``close_timeout``
+    if shorter). The close frame goes behind what the client's queue holds, so a client that
+    reads nothing more never sees it, and its report then says the handshake did not finish
+    (1006). The report accounts for what its queue held; the message that found the queue full
+    was never accepted and is counted in ``stats.dropped``.
 ``"drop"``
     skip this message for that client and count it in ``stats.dropped``; the connection
     stays. A client that stops reading for good is then ended by its own ``write_timeout``
@@ -32,9 +36,11 @@ live ones. Every method is safe from any thread, including the connections' own
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Set
 
+from ._deadline import timeout_arg
 from ._rfc6455 import GOING_AWAY, check_close_code, check_close_reason
 from .bulk import close_all
 from .exceptions import ConnectionClosed, UsageError
@@ -46,6 +52,8 @@ __all__ = ["Backplane", "BackplaneStats", "Hub", "HubStats"]
 
 #: Close code for a client cut off for falling behind: RFC 6455's "policy violation".
 TOO_SLOW = 1008
+#: Seconds a client cut off gets to take its close frame before the connection is cut.
+CUT_OFF_TIMEOUT = 1.0
 
 _POLICIES = ("close", "drop")
 
@@ -121,7 +129,10 @@ class Backplane:
 class Hub:
     """A set of live connections; see the module documentation."""
 
-    def __init__(self, *, on_full: str = "close", backplane: Optional[Backplane] = None) -> None:
+    def __init__(self, *, on_full: str = "close", grace: float = 0.0, backplane: Optional[Backplane] = None) -> None:
+        checked = timeout_arg(grace, "grace")
+        if checked is None:  # None or beyond threading's limits: a broadcast could wait for ever
+            raise ValueError(f"grace must be a finite number of seconds, not {grace!r}")
         if not isinstance(on_full, str):
             raise TypeError(f"on_full must be a str, one of {_POLICIES}, not {type(on_full).__name__}")
         if on_full not in _POLICIES:
@@ -129,6 +140,7 @@ class Hub:
         if backplane is not None and not isinstance(backplane, Backplane):
             raise TypeError(f"backplane must be a Backplane (such as RedisBackplane), not {type(backplane).__name__}")
         self.on_full = on_full
+        self.grace = checked
         self.backplane = backplane
         # Guards everything below; held for set operations and counters, never while sending.
         self._lock = threading.Lock()
@@ -136,6 +148,10 @@ class Hub:
         self._closed = False
         # Set once close() has closed every member; a concurrent close() waits for it.
         self._close_done = threading.Event()
+        # The members the first close() is closing, and its thread: a close() from one of their
+        # threads, or a second one from the closing thread (a signal handler), would wait forever.
+        self._closing: List[Duplex] = []
+        self._closer: Optional[threading.Thread] = None
         self._close_reports: List[ExitReport] = []
         self._delivered = 0
         self._dropped = 0
@@ -162,8 +178,9 @@ class Hub:
     def broadcast(self, message: Sendable, exclude: Optional[Duplex] = None) -> int:
         """Hand ``message`` to every live connection but ``exclude``; return how many took it.
 
-        Never waits for a client. Raises ``TypeError``/``ValueError`` for a message no
-        connection could send, before any is sent.
+        Waits for no client, unless some are full: then at most ``grace`` seconds in all.
+        Raises ``TypeError``/``ValueError`` for a message no connection could send, before any
+        is sent.
         """
         message = as_message(message, "broadcast()")  # checked and copied once for all
         if exclude is not None and not isinstance(exclude, Duplex):
@@ -177,15 +194,21 @@ class Hub:
         """Close every connection side by side (1001 "going away" by default) and return their
         reports; the hub takes no more connections. When it returns, every member and every
         connection it cut off has ended. A second close() waits for the first and returns the
-        same reports. From one of a member's own threads (an ``on_message`` callback) it raises
-        ``UsageError`` and changes nothing: it would wait for that very thread."""
+        same reports. From one of a member's own threads (an ``on_message`` callback), or again
+        in the thread running the first close() (a signal handler), it raises ``UsageError`` and
+        changes nothing: it would wait for that very thread."""
         check_close_code(code)
         check_close_reason(reason)
         with self._lock:
-            if any(conn._protocol.in_own_thread() for conn in self._members):
+            if any(conn._protocol.in_own_thread() for conn in [*self._members, *self._closing]):
                 raise UsageError("Hub.close() cannot run in one of its connections' own threads")
+            if self._closer is threading.current_thread() and not self._close_done.is_set():
+                raise UsageError("Hub.close() is already running in this thread (a signal handler?)")
             first = not self._closed
             self._closed = True
+            if first:
+                self._closing = list(self._members)
+                self._closer = threading.current_thread()
             members = list(self._members)
             self._members.clear()
             cutters = list(self._cutters)
@@ -233,19 +256,33 @@ class Hub:
 
     def _fan_out(self, message: Message, exclude: Optional[Duplex]) -> int:
         recipients = self._live(exclude)
-        delivered = dropped = 0
-        behind: List[Duplex] = []
+        delivered = 0
+        full: List[Duplex] = []
         for conn in recipients:
             try:
                 conn.send(message, timeout=0)
             except TimeoutError:
-                dropped += 1
-                if self.on_full == "close":
-                    behind.append(conn)
+                full.append(conn)
                 continue
             except ConnectionClosed:
                 continue  # it is ending; it leaves the hub at the next look
             delivered += 1
+        if full and self.grace > 0:
+            # Everyone else has the message already; now wait, ``grace`` seconds in all, for the
+            # members that are only momentarily behind (a burst, a flood) to make room.
+            deadline = time.monotonic() + self.grace
+            late, full = full, []
+            for conn in late:
+                try:
+                    conn.send(message, timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    full.append(conn)
+                    continue
+                except ConnectionClosed:
+                    continue
+                delivered += 1
+        dropped = len(full)
+        behind = full if self.on_full == "close" else []
         with self._lock:
             self._delivered += delivered
             self._dropped += dropped
@@ -270,7 +307,13 @@ class Hub:
             self._cutters = [t for t in self._cutters if t.is_alive()]
             cutter = threading.Thread(
                 target=conn.close,
-                args=(TOO_SLOW, "too slow: the room does not wait", conn._protocol.bounded_close_timeout),
+                # The close frame waits behind a full queue the client is not reading: a short
+                # wait is all it deserves before the connection is cut and its memory freed.
+                args=(
+                    TOO_SLOW,
+                    "too slow: the room does not wait",
+                    min(CUT_OFF_TIMEOUT, conn._protocol.bounded_close_timeout),
+                ),
                 name=thread_name(conn.id, "cutoff"),
                 daemon=True,
             )

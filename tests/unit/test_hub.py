@@ -9,11 +9,12 @@ from typing import Callable, List, Optional, Tuple
 import pytest
 
 from duplexthreads import Duplex, Reason, UsageError
-from duplexthreads.hub import Backplane, BackplaneStats, Hub
+from duplexthreads import hub as hub_module
+from duplexthreads.hub import Backplane, BackplaneStats, Hub, HubStats
 from duplexthreads.report import Message
 from duplexthreads.testing import MemoryPeer
 
-from .support import WAIT, MakePair
+from .support import WAIT, MakePair, memory_transport
 
 Pair = Tuple[Duplex, MemoryPeer]
 
@@ -296,3 +297,105 @@ def test_backplane_argument_is_checked() -> None:
         Hub(backplane=object())  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError):
         Hub(backplane=Backplane())
+
+
+# -- grace: waiting for members only momentarily behind ------------------------------------------------
+
+
+def test_with_grace_a_slow_reader_slows_the_broadcaster_and_is_not_cut_off(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 2, max_queue=2)
+    slow_conn, slow_peer = pairs[0]
+    memory_transport(slow_conn).delay_writes(0.005)  # reads, only slower than we broadcast
+    hub = Hub(grace=WAIT)
+    for conn, _ in pairs:
+        hub.add(conn)
+    for index in range(40):
+        assert hub.broadcast(f"m{index}") == 2
+    expected = [f"m{i}" for i in range(40)]
+    assert slow_peer.wait_messages(40) == expected and pairs[1][1].wait_messages(40) == expected
+    assert hub.stats == HubStats(delivered=80, dropped=0, cut_off=0)
+    hub.close()
+
+
+def test_grace_is_bounded_for_a_client_that_stopped_reading(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 2, max_queue=2, close_timeout=0.2)
+    stuck_conn, stuck_peer = pairs[0]
+    stuck_peer.stop_reading()
+    hub = Hub(grace=0.2)
+    for conn, _ in pairs:
+        hub.add(conn)
+    started = time.monotonic()
+    for index in range(10):
+        hub.broadcast(f"m{index}")
+    # One wait of at most grace, then it is cut off and nobody waits for it again.
+    assert time.monotonic() - started < 0.2 + WAIT / 2
+    assert pairs[1][1].wait_messages(10) == [f"m{i}" for i in range(10)]
+    assert hub.stats.cut_off == 1 and stuck_conn not in hub
+    hub.close()
+
+
+@pytest.mark.parametrize("grace", [None, -1.0, float("inf"), "1"])
+def test_grace_must_be_finite_seconds(grace: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="grace"):
+        Hub(grace=grace)  # type: ignore[arg-type]
+
+
+def test_close_again_in_the_closing_thread_raises_instead_of_waiting_for_itself(make_pair: MakePair) -> None:
+    ((conn, _peer),) = room(make_pair, 1)
+    hub = Hub()
+    hub.add(conn)
+    inner: List[BaseException] = []
+
+    def close_again(report: object) -> None:  # as a signal handler would, in the closing thread
+        try:
+            hub.close()
+        except UsageError as exc:
+            inner.append(exc)
+
+    original_close_all = hub_module.close_all
+
+    def close_all_then_again(*args: object, **kwargs: object) -> object:
+        close_again(None)
+        return original_close_all(*args, **kwargs)  # type: ignore[arg-type]
+
+    hub_module.close_all = close_all_then_again  # type: ignore[assignment]
+    try:
+        reports = hub.close()
+    finally:
+        hub_module.close_all = original_close_all
+    assert len(inner) == 1 and "already running in this thread" in str(inner[0])
+    assert [r.close_code for r in reports] == [1001] and hub.close() == reports
+
+
+def test_close_from_a_member_being_closed_by_another_close_raises(make_pair: MakePair) -> None:
+    errors: List[BaseException] = []
+    hub = Hub()
+    in_callback = threading.Event()
+    closing = threading.Event()
+
+    def on_message(message: object) -> None:
+        in_callback.set()
+        closing.wait(WAIT)  # until the other close() has emptied the member set
+        try:
+            hub.close()
+        except UsageError as exc:
+            errors.append(exc)
+
+    ((conn, peer),) = room(make_pair, 1, on_message=on_message, close_timeout=WAIT)
+    hub.add(conn)
+    peer.send("go")
+    assert in_callback.wait(WAIT)
+    original_close_all = hub_module.close_all
+
+    def signal_then_close_all(*args: object, **kwargs: object) -> object:
+        closing.set()
+        return original_close_all(*args, **kwargs)  # type: ignore[arg-type]
+
+    hub_module.close_all = signal_then_close_all  # type: ignore[assignment]
+    try:
+        started = time.monotonic()
+        reports = hub.close()
+    finally:
+        hub_module.close_all = original_close_all
+    assert len(errors) == 1 and "own threads" in str(errors[0])
+    assert reports[0].lingering == () and time.monotonic() - started < WAIT / 2
