@@ -7,6 +7,8 @@ closes the socket exactly once, and publishes one :class:`ExitReport`.
 
 from __future__ import annotations
 
+import logging
+
 from .backplane import RedisBackplane
 from .bulk import close_all
 from .chat_server import ChatServer, serve
@@ -39,6 +41,10 @@ from .session import (
 )
 
 __version__ = "0.1.0"
+
+# A library's log records are the application's to show: without this, Python would print our
+# warnings (a client's bad request, a reconnect) on stderr when the application set up no logging.
+logging.getLogger("duplexthreads").addHandler(logging.NullHandler())
 
 __all__ = [
     "BACKENDS",

@@ -27,14 +27,15 @@ import atexit
 import http
 import itertools
 import logging
+import math
 import socket
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, select_address_family
 
 from ._rfc6455 import GOING_AWAY
-from .exceptions import ConnectError, ConnectionClosed, HandshakeRejected
+from .exceptions import ConnectError, ConnectionClosed, HandshakeRejected, UsageError
 from .hub import Backplane, Hub
 from .report import ExitReport
 from .server import accept
@@ -47,13 +48,20 @@ from .session import (
     Duplex,
     SessionOptions,
 )
+from .transports._opening import check_max_message_size
 
 __all__ = ["ChatServer", "serve"]
 
 logger = logging.getLogger("duplexthreads.serve")
 
-#: Seconds a client may take to send its HTTP request; the WebSocket itself has no such limit.
-REQUEST_TIMEOUT = 30.0
+#: Seconds a client may stay silent while it sends its HTTP request (each read waits that long
+#: at most: a client trickling bytes holds its thread longer, which MAX_HTTP_REQUESTS bounds).
+#: The WebSocket itself has no such limit.
+REQUEST_TIMEOUT = 10.0
+#: Most requests at once still sending their HTTP request; more get 503 at once.
+MAX_HTTP_REQUESTS = 128
+#: Connections the kernel queues before the server accepts them (many clients join at once).
+_BACKLOG = 1024
 #: How often the accepting loop looks at whether it should stop (Werkzeug's loop polls).
 _SHUTDOWN_POLL = 0.1
 #: The close reason clients get with 1001 when the server stops.
@@ -69,16 +77,29 @@ class _QuietHandler(WSGIRequestHandler):
     timeout = REQUEST_TIMEOUT  # for the HTTP request only: accept() lifts it once upgraded
 
     def log(self, type: str, message: str, *args: Any) -> None:
-        level = logging.WARNING if type == "error" else logging.DEBUG
+        # A client's mistake (a malformed request, a connection cut) is no trouble of the server's.
+        level = logging.INFO if type == "error" else logging.DEBUG
         logger.log(level, "%s %s", self.address_string(), message % args if args else message)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        # Werkzeug's own colours the request line with terminal escapes: not for a log file.
+        line = self.requestline.translate(_CONTROL_CHARACTERS)
+        self.log("info", '"%s" %s %s', line, code, size)
+
+
+#: Control characters escaped in logged request lines (they come from the client).
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in [*range(32), 127]}
 
 
 class _WSGIServer(ThreadedWSGIServer):
     """Werkzeug's threaded server, whose request threads the chat server starts and joins."""
 
-    def __init__(self, host: str, port: int, chat: ChatServer) -> None:
+    def __init__(self, listener: socket.socket, chat: ChatServer) -> None:
         self.chat = chat
-        super().__init__(host, port, chat._app, handler=_QuietHandler)
+        host, port = listener.getsockname()[:2]
+        # Werkzeug takes the socket already bound: binding itself, it would print to stderr and
+        # call sys.exit() when the port is in use, which no embedding application wants.
+        super().__init__(host, port, chat._app, handler=_QuietHandler, fd=listener.fileno())
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.chat._start_request(request, client_address)
@@ -100,6 +121,7 @@ class ChatServer:
         backplane: Optional[Backplane],
         on_full: str,
         notices: bool,
+        grace: float,
         options: SessionOptions,
         max_message_size: Optional[int],
     ) -> None:
@@ -111,22 +133,31 @@ class ChatServer:
             raise ValueError(f"port must be 0 (any free port) to 65535, not {port}")
         if not isinstance(notices, bool):
             raise TypeError(f"notices must be a bool, not {type(notices).__name__}")
+        if not host:
+            raise ValueError("host must name an address: '0.0.0.0' or '::' for every interface")
+        check_max_message_size(max_message_size)
         self._options = options.check()
+        if self._options.close_timeout is None or not math.isfinite(self._options.close_timeout):
+            # close() must end: a client that never answers the close frame is cut after this.
+            raise ValueError(f"serve() needs a finite close_timeout, not {options.close_timeout}")
+        self._close_timeout: float = self._options.close_timeout
         self._max_message_size = max_message_size
         self._notices = notices
-        self.hub = Hub(on_full=on_full, backplane=backplane)
+        self.hub = Hub(on_full=on_full, grace=grace, backplane=backplane)
         self._names = itertools.count(1)
         # Guards the request threads and the closing flag: a request upgrades under it, so that
         # close() either sees its connection in the hub or stops it before it gets there.
         self._lock = threading.Lock()
         self._closing = False
+        self._closer: Optional[threading.Thread] = None
         self._requests: Dict[threading.Thread, socket.socket] = {}
-        self._upgraded: Set[threading.Thread] = set()
+        # Request threads past the HTTP request: close() must not shut their sockets.
+        self._upgrading: Set[threading.Thread] = set()
         self._request_count = itertools.count(1)
         self._closed = threading.Event()
         self._close_reports: List[ExitReport] = []
         try:
-            self._server = _WSGIServer(host, port, self)
+            self._server = _listen(host, port, self)
         except BaseException:
             self.hub.close()
             raise
@@ -145,6 +176,12 @@ class ChatServer:
     def _app(self, environ: Dict[str, Any], start_response: _StartResponse) -> _WSGIResponse:
         if environ.get("PATH_INFO", "/") not in ("", "/"):
             return _answer(start_response, "404 Not Found", "Not found: the chat room is at /\n")
+        with self._lock:
+            if self._closing:
+                return _answer(start_response, "503 Service Unavailable", "The chat server is shutting down.\n")
+            # From here on close() leaves this request's socket alone: accept() may send the 101
+            # at any moment, and the client is then closed with 1001 like the others.
+            self._upgrading.add(threading.current_thread())
         try:
             conn = accept(environ, max_message_size=self._max_message_size, **self._options.as_kwargs())
         except HandshakeRejected as exc:
@@ -165,14 +202,22 @@ class ChatServer:
     def _take_part(self, conn: Duplex) -> None:
         """Keep ``conn`` in the room until it ends: relay what it sends, announce it."""
         name = f"guest-{next(self._names)}"
-        with self._lock:
-            joined = not self._closing
-            if joined:
-                self._upgraded.add(threading.current_thread())
-                self.hub.add(conn)
-        if not joined:  # close() began while this client was opening
+        try:
+            with self._lock:
+                if self._closing:
+                    raise UsageError("the server is closing")
+                self.hub.add(conn)  # raises UsageError too if someone closed the hub
+        except UsageError:  # close() began while this client was opening
             conn.close(GOING_AWAY, _SHUTDOWN_REASON)
             return
+        try:
+            self._relay(conn, name)
+        finally:
+            # Whatever went wrong in the relay, the client does not outlive its request thread.
+            if not conn.closed:
+                conn.close(GOING_AWAY, _SHUTDOWN_REASON)
+
+    def _relay(self, conn: Duplex, name: str) -> None:
         here = len(self.hub)
         if self._notices:
             self._say_to(conn, f"* welcome, you are {name} ({here} here)")
@@ -204,7 +249,12 @@ class ChatServer:
                 return
             for ended in [t for t in self._requests if not t.is_alive()]:
                 del self._requests[ended]
-                self._upgraded.discard(ended)
+                self._upgrading.discard(ended)
+            if len(self._requests) - len(self._upgrading) >= MAX_HTTP_REQUESTS:
+                # Clients that open connections and send nothing must not cost a thread each.
+                _refuse_busy(request)
+                self._server.shutdown_request(request)
+                return
             thread = threading.Thread(
                 target=self._server.process_request_thread,
                 args=(request, client_address),
@@ -222,13 +272,16 @@ class ChatServer:
         the listening socket. Returns the clients' reports. Safe to call again (it then waits
         for the first call and returns the same reports)."""
         with self._lock:
+            if self._closer is threading.current_thread() and not self._closed.is_set():
+                raise UsageError("close() is already running in this thread (a signal handler?)")
             first = not self._closing
             self._closing = True
             if first:
-                # Requests still in HTTP (slow or idle clients) are cut; upgraded ones are the
-                # hub's to close properly.
+                self._closer = threading.current_thread()
+                # Requests still in HTTP (slow or idle clients) are cut; the others' clients get
+                # a proper close, from the hub or from their own request thread.
                 for thread, request in self._requests.items():
-                    if thread not in self._upgraded:
+                    if thread not in self._upgrading:
                         _shut(request)
         if not first:
             self._closed.wait()
@@ -242,7 +295,7 @@ class ChatServer:
             with self._lock:
                 requests = list(self._requests)
             # Each ends promptly now: its connection is closed, or its socket shut down.
-            bound = (self._options.close_timeout or DEFAULT_CLOSE_TIMEOUT) + 2.0
+            bound = self._close_timeout + 2.0
             for thread in requests:
                 thread.join(bound)
             stuck = [t.name for t in requests if t.is_alive()]
@@ -279,6 +332,7 @@ def serve(
     backplane: Optional[Backplane] = None,
     notices: bool = True,
     on_full: str = "close",
+    grace: float = 0.5,
     max_queue: Optional[int] = DEFAULT_MAX_QUEUE,
     max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
     ping_interval: Optional[float] = DEFAULT_PING_INTERVAL,
@@ -293,9 +347,10 @@ def serve(
     sends reaches every other client; see the module documentation for the notices. It listens
     on loopback unless ``host`` says otherwise (``"0.0.0.0"`` or ``"::"`` for every interface).
     ``backplane`` joins the room with other servers' rooms (:class:`~duplexthreads.RedisBackplane`).
-    ``on_full`` is the hub's policy for a client too slow for the room; the rest are each
-    client connection's options, as for :func:`~duplexthreads.accept` (a client that stops
-    reading is dropped after ``write_timeout``, 10 s here).
+    ``on_full`` and ``grace`` are the hub's policy for a client too slow for the room: it gets
+    ``grace`` seconds to make room in its queue (a broadcast waits that long for it), then it is
+    cut off. The rest are each client connection's options, as for
+    :func:`~duplexthreads.accept`; ``close_timeout`` must be finite.
     """
     options = SessionOptions(
         max_queue=max_queue,
@@ -310,6 +365,7 @@ def serve(
         backplane=backplane,
         on_full=on_full,
         notices=notices,
+        grace=grace,
         options=options,
         max_message_size=max_message_size,
     )
@@ -323,6 +379,23 @@ def _answer(
         status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))), *headers]
     )
     return [data]
+
+
+def _listen(host: str, port: int, chat: ChatServer) -> _WSGIServer:
+    """Werkzeug's server on a socket bound here: a port in use raises ``OSError`` as usual."""
+    family = select_address_family(host, port)
+    with socket.create_server((host, port), family=family, backlog=_BACKLOG) as listener:
+        return _WSGIServer(listener, chat)  # Werkzeug keeps a duplicate of the descriptor
+
+
+def _refuse_busy(request: socket.socket) -> None:
+    """Answer 503 to a connection the server will not read (too many are pending)."""
+    body = b"Too many pending requests.\n"
+    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    try:
+        request.send(head.encode("ascii") + body, socket.MSG_DONTWAIT)
+    except OSError:
+        pass  # gone, or not reading: it is closed either way
 
 
 def _status_line(status: int) -> str:

@@ -398,6 +398,12 @@ def test_fifty_clients_of_two_libraries_chat_in_one_room_then_see_1001(tmp_path:
         ({"write_timeout": -1}, ValueError),
         ({"close_timeout": -1}, ValueError),
         ({"close_timeout": "5"}, TypeError),
+        ({"close_timeout": None}, ValueError),  # close() must end
+        ({"close_timeout": float("inf")}, ValueError),
+        ({"host": ""}, ValueError),  # would listen on every interface
+        ({"grace": -1}, ValueError),
+        ({"grace": None}, ValueError),
+        ({"grace": "1"}, TypeError),
     ],
 )
 def test_bad_arguments_are_refused_at_the_call(options: Dict[str, Any], error: type) -> None:
@@ -958,3 +964,74 @@ def test_a_client_too_slow_for_the_room_is_cut_off_with_1008() -> None:
     assert numbers == list(range(len(numbers))) and 0 < len(numbers) < sent
     assert [m[:6] for m in listener_inbox.chat()] == [f"{i:06d}" for i in range(sent)]
     print(f"\nthe slow client got {len(numbers)} of {sent} messages, then 1008; {stats}")
+
+
+# -- review findings ------------------------------------------------------------------------------------
+
+
+def test_close_again_in_the_closing_thread_raises_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal handler calling close() while the main thread is in close() waited for itself."""
+    server = serve()
+    inner: List[BaseException] = []
+    original = server.hub.close
+
+    def hub_close_then_again(*args: Any, **kwargs: Any) -> List[duplexthreads.ExitReport]:
+        try:
+            server.close()  # as a second SIGTERM's handler would, in the same thread
+        except duplexthreads.UsageError as exc:
+            inner.append(exc)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(server.hub, "close", hub_close_then_again)
+    server.close()
+    assert len(inner) == 1 and "already running in this thread" in str(inner[0])
+    assert server.closed and server.close() == []
+
+
+def test_a_client_joining_a_hub_closed_by_the_application_gets_1001() -> None:
+    """The hub is public: closed by the application, the next client got a 500 written into
+    its WebSocket stream, and its connection's threads outlived the server."""
+    with serve() as server:
+        server.hub.close()
+        client = websocket.create_connection(server.url, timeout=WAIT)
+        try:
+            opcode, data = client.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
+        finally:
+            client.shutdown()
+
+
+def test_connections_that_send_nothing_cost_at_most_a_bounded_number_of_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from duplexthreads import chat_server
+
+    monkeypatch.setattr(chat_server, "MAX_HTTP_REQUESTS", 3)
+    with serve() as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) for _ in range(3)]
+        try:
+            # The accepting loop takes connections in order: the fourth finds three holding a thread.
+            assert raw_exchange(server.port, b"").startswith(b"HTTP/1.1 503 ")
+            with pytest.raises(HandshakeRejected) as refused:
+                duplexthreads.connect(server.url, ping_interval=None)
+            assert refused.value.status == 503
+            assert len([name for name in serve_threads() if "request" in name]) == 3
+        finally:
+            for sock in silent:
+                sock.close()
+        for thread in [t for t in threading.enumerate() if t.name.startswith("duplexthreads-serve-request")]:
+            thread.join(WAIT)  # each reads the end of its stream and ends
+        conn, _ = join(server.url)  # the room is open again
+        conn.close()
+
+
+def test_the_server_side_of_a_websocket_sends_without_nagle() -> None:
+    """Werkzeug and Gunicorn leave Nagle's algorithm on: small frames waited for acknowledgements."""
+    with serve() as server:
+        conn, _ = join(server.url)
+        try:
+            (member,) = list(server.hub)
+            raw = member.transport.raw_socket  # type: ignore[attr-defined]
+            assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            conn.close()
