@@ -101,3 +101,16 @@ def test_the_reason_a_connection_failed() -> None:
 def test_exit_status(reason: Reason, code: int, error: object, status: int) -> None:
     report = ExitReport(1, "reader", reason, error=error, close_code=code)  # type: ignore[arg-type]
     assert exit_status(report) == status
+
+
+def test_run_as_a_module_it_gives_the_module_command_to_join() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "duplexthreads", "chat", "-x", "hello", "-w", "0.2"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30 * UNIT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"to join from another terminal: python -m duplexthreads chat ws://127.0.0.1:" in done.stderr
+    assert done.stdout.startswith(b"* welcome, you are guest-1 (1 here)\n")
