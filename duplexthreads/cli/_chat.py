@@ -407,7 +407,7 @@ class ChatSession:
         rest = rest.strip()
         if name == "/help":
             for line in SLASH_HELP.splitlines():
-                self.renderer.note(line)
+                self.renderer.reply(line)
         elif name == "/quit":
             self._request_close(1000, "")
         elif name == "/close":
@@ -438,7 +438,7 @@ class ChatSession:
         except (ConnectionClosed, UsageError):
             self._closing = True
         else:
-            self.renderer.note(f"pong: round trip {rtt * 1000:.1f} ms")
+            self.renderer.reply(f"pong: round trip {rtt * 1000:.1f} ms")
 
     def _request_close(self, code: int, reason: str) -> None:
         """Start a graceful close without waiting for it; its end wakes the worker to quit."""

@@ -1,8 +1,9 @@
 """How the command shows what happens: messages, notes about the connection, errors.
 
 Messages go to stdout; everything about the connection (it opened, it closed with this code, a
-pong) goes to stderr, so that a script reading stdout gets the messages and nothing else. On a
-terminal, incoming lines are marked and coloured; the prompt is the input side's business.
+pong, the answer to a slash command) goes to stderr, so that a script reading stdout gets the
+messages and nothing else. On a terminal, incoming lines are marked and coloured; the prompt is
+the input side's business.
 """
 
 from __future__ import annotations
@@ -93,10 +94,9 @@ class Renderer:
 
     # -- notes on stderr -----------------------------------------------------------------------
 
-    def note(self, text: str) -> None:
-        """Something a person would like to know (connected, a pong); said only on a terminal."""
-        if self.interactive:
-            self._write(self._err, self._paint(f"* {text}", "note"))
+    def reply(self, text: str) -> None:
+        """The answer to a slash command (/help, /ping): someone is typing, so always said."""
+        self._write(self._err, self._paint(f"* {text}", "note"))
 
     def status(self, text: str) -> None:
         """Something worth saying even to a script's stderr (how the connection ended)."""
