@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -15,7 +16,7 @@ from websockets.sync.server import ServerConnection
 import duplexthreads
 
 from ..timing import UNIT
-from .command import free_port, run
+from .command import Piped, free_port, run
 from .servers import websocket_server
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
@@ -93,3 +94,18 @@ def test_a_server_that_never_answers_the_handshake_times_out() -> None:
     assert result.code == 3
     assert "could not connect (timed out)" in one_error_line(result.stderr)
     assert result.seconds < 5 * UNIT
+
+
+def test_ctrl_c_while_connecting_gives_up_without_a_traceback() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(10 * UNIT)
+        port = listener.getsockname()[1]
+        with Piped(["chat", f"ws://127.0.0.1:{port}/"]) as chat:
+            accepted, _ = listener.accept()  # the command now waits for the handshake's answer
+            with accepted:
+                chat.signal(signal.SIGINT)
+                assert chat.wait() == 3
+                errors = chat.rest("stderr")
+    assert errors == [f"error: could not connect to ws://127.0.0.1:{port}/: interrupted"]
