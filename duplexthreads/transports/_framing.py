@@ -59,9 +59,25 @@ def encode_frame(opcode: int, payload: bytes, mask_key: bytes) -> bytes:
 
 
 def encode_server_frame(opcode: int, payload: bytes) -> bytes:
-    """One final frame as a server sends it: unmasked. Used for pings (at most 125 bytes)."""
-    assert len(payload) <= 125, "a control frame carries at most 125 bytes"
-    return struct.pack("!BB", _FIN | opcode, len(payload)) + payload
+    """One final frame as a server sends it: unmasked, with no extension applied."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", _FIN | opcode, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", _FIN | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", _FIN | opcode, 127, size)
+    return header + payload
+
+
+def encode_server_messages(messages: Sequence[Message]) -> List[bytes]:
+    """Unmasked frames for a batch of messages, as a server sends them."""
+    return [
+        encode_server_frame(OPCODE_TEXT, message.encode("utf-8"))
+        if isinstance(message, str)
+        else encode_server_frame(OPCODE_BINARY, message)
+        for message in messages
+    ]
 
 
 def encode_messages(messages: Sequence[Message]) -> List[bytes]:

@@ -342,8 +342,14 @@ class SimpleWebSocketTransport(Transport):
         self._wsgi_server = wsgi_server
         # Set by close() under a WSGI server, which closes the descriptor itself later.
         self._handed_back = False
-        # Only the client side frames its own data (the server's go through wsproto).
-        self.direct_writes = self._is_client and guard.writer.can_write_now
+        # Data frames are built here, not by wsproto, unless an extension was negotiated (our
+        # server accepts permessage-deflate when a client offers it; our client never offers
+        # it): then only wsproto can build them. Our own framing is faster (C masking on the
+        # client side), and lets send() write in the caller's thread while the writer is idle:
+        # a broadcast to hundreds of clients then wakes no writer thread.
+        self._plain_frames = self._is_client or not _negotiated_extensions(ws)
+        self._encode = _framing.encode_messages if self._is_client else _framing.encode_server_messages
+        self.direct_writes = self._plain_frames and guard.writer.can_write_now
         self._thread: threading.Thread = ws.thread
         self._subprotocol: Optional[str] = None if ws.subprotocol is None else str(ws.subprotocol)
         guard.buffered = lambda: len(ws.input_buffer)
@@ -523,12 +529,8 @@ class SimpleWebSocketTransport(Transport):
         with self._guard.write_lock:
             if self._guard.writer.half_written:
                 raise WriteError("a frame is half written: it must be finished first", 0)
-            if self._is_client and protocol.state is ConnectionState.OPEN:
-                # Our client never negotiates an extension, so its data frames are plain masked
-                # frames: build them with our framing (C masking when available), not wsproto's.
-                write_frames(
-                    self._guard.raw, _framing.encode_messages(messages), None, self.write_timeout, self._guard.writer
-                )
+            if self._plain_frames and protocol.state is ConnectionState.OPEN:
+                write_frames(self._guard.raw, self._encode(messages), None, self.write_timeout, self._guard.writer)
                 return
             frames: List[bytes] = []
             try:
@@ -548,7 +550,7 @@ class SimpleWebSocketTransport(Transport):
         # Once a close frame went either way, the writer decides what may still be sent.
         if self._ws.ws.state is not ConnectionState.OPEN:
             return message
-        return self._guard.writer.write_now(_framing.encode_messages([message])[0])
+        return self._guard.writer.write_now(self._encode([message])[0])
 
     def send_rest(self, rest: object) -> None:
         assert isinstance(rest, bytes)
@@ -656,6 +658,15 @@ class SimpleWebSocketTransport(Transport):
         if protocol is not None:
             self._watch.uninstall(protocol)
             ws.ws = None
+
+
+def _negotiated_extensions(ws: Any) -> List[Any]:
+    """The extensions the opening handshake enabled (wsproto keeps them on its frame protocol)."""
+    connection = getattr(ws.ws, "connection", None)
+    protocol = getattr(connection, "_proto", None)
+    if protocol is None:  # not where wsproto kept them: assume one, and let wsproto frame
+        return [None]
+    return list(protocol.extensions)
 
 
 def _without_nagle(sock: socket.socket) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -160,3 +161,33 @@ def test_no_request_is_smuggled_through_the_websocket(mode: str, view_ends: str)
     # Pipelined bytes are the WebSocket's: here no frame at all, a protocol error (1002).
     assert seen["close_codes"] == ([1002] if mode == "pipelined" else [1000])
     assert list(calls.queue) == [("GET", "/ws")]
+
+
+@pytest.mark.parametrize("client_library", ["websocket-client", "websockets"])
+def test_the_server_frames_its_own_data_unless_an_extension_was_negotiated(client_library: str) -> None:
+    """Without an extension the server side writes its data frames itself, and directly from
+    send() while the writer is idle; with permessage-deflate (websockets offers it) wsproto must."""
+    from websockets.sync.client import connect as websockets_connect
+
+    messages: List[object] = ["tiny", "é" * 70_000, b"\x00" * 200, b"\x01" * 1_000_000]
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(duplexthreads.serve(ping_interval=None))
+        if client_library == "websocket-client":
+            plain = websocket.create_connection(server.url, timeout=10 * UNIT)
+            stack.callback(plain.close)
+            receive: Callable[[], object] = plain.recv
+        else:
+            deflating = stack.enter_context(websockets_connect(server.url, open_timeout=10 * UNIT, max_size=None))
+            receive = lambda: deflating.recv(timeout=10 * UNIT)  # noqa: E731
+        sender = stack.enter_context(duplexthreads.connect(server.url, ping_interval=None))  # offers no extension
+        assert str(sender.recv(timeout=10 * UNIT)).startswith("* welcome")  # it is in the hub now
+        direct = sorted(member.transport.direct_writes for member in server.hub)
+        assert direct == ([True, True] if client_library == "websocket-client" else [False, True])
+        for message in messages:
+            sender.send(message)  # type: ignore[arg-type]
+        received: List[object] = []
+        while len(received) < len(messages):
+            message = receive()
+            if not (isinstance(message, str) and message.startswith("* ")):  # a notice
+                received.append(message)
+        assert received == messages
