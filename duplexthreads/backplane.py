@@ -77,6 +77,8 @@ logger = logging.getLogger("duplexthreads.backplane")
 DEFAULT_BACKOFF = Backoff(initial=0.1, factor=2.0, cap=5.0, jitter=0.5)
 
 _SCHEMES = ("redis", "rediss", "unix")
+#: Largest message published by default: well under Redis's 32 MiB pub/sub output buffer limit.
+DEFAULT_MAX_PUBLISHED = 8 * 1024 * 1024
 # Options of a connection pool that a single connection does not take (redis-py's URL parser
 # returns them along with the connection's own).
 _POOL_OPTIONS = ("max_connections", "timeout", "retry_on_error")
@@ -208,8 +210,12 @@ class RedisBackplane(Backplane):
     ``url``: ``redis://``, ``rediss://`` (TLS) or ``unix://`` in redis-py's format (the db
     number does not separate channels: Redis pub/sub is server-wide). ``channel``: the room's
     Redis channel; every hub on it is one room. ``max_pending``: how many broadcasts may wait
-    to be published (during an outage); more count in ``stats.unsent``. ``backoff``: the pause
-    between reconnect attempts (default: 0.1 s doubling up to 5 s, with jitter).
+    to be published (during an outage); more count in ``stats.unsent``. ``max_message_size``:
+    the largest message (in bytes, UTF-8 for text) published; a larger one stays local and
+    counts in ``stats.unsent``, since Redis disconnects every subscriber whose output buffer
+    passes 32 MiB (``client-output-buffer-limit pubsub``), which one huge message does for the
+    whole room. ``backoff``: the pause between reconnect attempts (default: 0.1 s doubling up
+    to 5 s, with jitter).
 
     Delivery across processes is at most once: a message reaches each other hub's members
     once or not at all, and every loss this backplane can know of shows in ``stats``
@@ -223,6 +229,7 @@ class RedisBackplane(Backplane):
         channel: str = "duplexthreads",
         *,
         max_pending: int = 10_000,
+        max_message_size: int = DEFAULT_MAX_PUBLISHED,
         backoff: Optional[Backoff] = None,
     ) -> None:
         if not isinstance(url, str):
@@ -237,6 +244,10 @@ class RedisBackplane(Backplane):
             raise TypeError(f"max_pending must be an int, not {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, not {max_pending}")
+        if not isinstance(max_message_size, int) or isinstance(max_message_size, bool):
+            raise TypeError(f"max_message_size must be an int, not {type(max_message_size).__name__}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be at least 1, not {max_message_size}")
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff or None, not {type(backoff).__name__}")
         try:
@@ -253,6 +264,8 @@ class RedisBackplane(Backplane):
         self.url = url
         self.channel = channel
         self.max_pending = max_pending
+        self.max_message_size = max_message_size
+        self._too_large_logged = False
         self.backoff = DEFAULT_BACKOFF if backoff is None else backoff
         self._origin = os.urandom(_ORIGIN_SIZE)
         self._rng = random.Random()
@@ -346,6 +359,24 @@ class RedisBackplane(Backplane):
         """Queue ``message`` for the other hubs; never waits. A full outbox counts it unsent."""
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"publish() takes str or bytes, not {type(message).__name__}")
+        if isinstance(message, bytes):
+            size = len(message)
+        else:  # at most 4 bytes a character: most texts need no encoding to be measured
+            size = len(message) if 4 * len(message) <= self.max_message_size else len(message.encode("utf-8"))
+        if size > self.max_message_size:
+            with self._cond:
+                self._unsent += 1
+                first = not self._too_large_logged
+                self._too_large_logged = True
+            if first:
+                logger.warning(
+                    "redis backplane %d: a message of %d bytes stays local (max_message_size %d); such "
+                    "messages count as unsent",
+                    self._id,
+                    size,
+                    self.max_message_size,
+                )
+            return
         overflow = False
         with self._cond:
             if self._closing or len(self._outbox) >= self.max_pending:

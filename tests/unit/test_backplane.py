@@ -71,6 +71,9 @@ def wait_for(predicate: Any, timeout: float = WAIT) -> bool:
         ({"max_pending": -1}, ValueError),
         ({"max_pending": True}, TypeError),
         ({"max_pending": 1.5}, TypeError),
+        ({"max_message_size": 0}, ValueError),
+        ({"max_message_size": None}, TypeError),
+        ({"max_message_size": 1.5}, TypeError),
         ({"backoff": 0.5}, TypeError),
         ({"backoff": True}, TypeError),
     ],
@@ -253,3 +256,20 @@ def test_a_hub_with_an_unreachable_backplane_delivers_locally_and_closes_in_time
     assert time.monotonic() - started < CLOSE_BOUND
     stats = hub.stats.backplane
     assert stats is not None and stats.unsent == 1 and not stats.connected
+
+
+def test_a_message_too_large_for_redis_stays_local_and_counts_unsent(
+    refused_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis disconnects every subscriber a message over 32 MiB is sent to: the whole room."""
+    caplog.set_level(logging.WARNING, logger="duplexthreads.backplane")
+    backplane = RedisBackplane(refused_url, "room", max_message_size=10)
+    try:
+        backplane.publish("x" * 10)
+        backplane.publish("é" * 5)  # 10 bytes in UTF-8
+        backplane.publish("é" * 6)  # 12 bytes in UTF-8, 6 characters
+        backplane.publish(b"\x00" * 11)
+        assert backplane.pending == 2 and backplane.stats.unsent == 2
+        assert sum("stays local" in r.getMessage() for r in caplog.records) == 1  # logged once
+    finally:
+        backplane.close()
