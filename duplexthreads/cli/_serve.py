@@ -33,13 +33,8 @@ def run_serve(args: argparse.Namespace, renderer: Renderer) -> int:
         with wakeup.on_signals():
             try:
                 server = serve(args.host, args.port, backplane=backplane)
-            except OSError as exc:  # the address is not one of this machine's
+            except OSError as exc:  # the port is taken, or the address is not one of this machine's
                 renderer.error(f"cannot listen on {args.host}:{args.port}: {escape(str(exc))}")
-                return EXIT_USAGE
-            except SystemExit:
-                # Werkzeug's server exits instead of raising when the port is taken (after saying
-                # so on stderr itself).
-                renderer.error(f"cannot listen on {args.host}:{args.port}")
                 return EXIT_USAGE
             try:
                 room = f", room shared through {args.redis}" if args.redis else ""
