@@ -8,7 +8,7 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from .._deadline import remaining
 from .base import TimeoutWriteError, WriteError, WriteTimeoutError
@@ -252,16 +252,17 @@ class SocketWriter:
         finally:
             self.lock.release()
 
-    def write_now(self, frame: bytes) -> Optional[bytes]:
+    def write_now(self, frame: bytes, may_start: Optional[Callable[[], bool]] = None) -> Optional[bytes]:
         """Write what the socket takes at once, without blocking; return the rest, or None.
 
         The whole frame comes back when nothing could be written: another write holds the lock,
-        the socket has no room, or it failed (the writer thread meets the failure itself).
+        the socket has no room, it failed (the writer thread meets the failure itself), or
+        ``may_start()``, asked with the lock held, says no frame may go out any more.
         """
         if not self.lock.acquire(blocking=False):
             return frame
         try:
-            if self._half_written:
+            if self._half_written or (may_start is not None and not may_start()):
                 return frame
             try:
                 sent = self.sock.send(frame, _DONTWAIT)

@@ -547,10 +547,16 @@ class SimpleWebSocketTransport(Transport):
             write_frames(self._guard.raw, frames, None, self.write_timeout, self._guard.writer)
 
     def send_now(self, message: Message) -> Optional[object]:
-        # Once a close frame went either way, the writer decides what may still be sent.
-        if self._ws.ws.state is not ConnectionState.OPEN:
-            return message
-        return self._guard.writer.write_now(self._encode([message])[0])
+        frame = self._encode([message])[0]
+        # The state is asked with the write lock held: simple-websocket's thread answers a
+        # peer's close frame by itself, under that lock, and no data frame may follow it.
+        rest = self._guard.writer.write_now(frame, self._is_open)
+        # Nothing written: the message goes to the writer whole, whose send_batch() asks the
+        # state again under the lock, rather than as a frame it would have to finish.
+        return message if rest is frame else rest
+
+    def _is_open(self) -> bool:
+        return bool(self._ws.ws.state is ConnectionState.OPEN)
 
     def send_rest(self, rest: object) -> None:
         assert isinstance(rest, bytes)

@@ -145,3 +145,32 @@ def test_concurrent_senders_then_teardown(server: ScriptedPeer, backend: str, en
     everything = got + [m for m in report.unsent if isinstance(m, bytes)]
     assert sorted(everything) == sorted(m for ms in accepted.values() for m in ms)
     assert len(got) == report.written if ending == "close" else len(got) <= report.written
+
+
+def test_no_direct_write_starts_once_the_state_says_closing() -> None:
+    """simple-websocket's thread answers a peer's close frame by itself, under the write lock:
+    the state was asked before taking the lock, so a broadcast's frame could follow the close
+    reply. write_now() now asks under the lock, and send_now() then hands the message, not a
+    frame, to the writer, whose send_batch() asks again."""
+    import socket
+
+    from duplexthreads.transports._sockets import SocketWriter
+
+    ours, theirs = socket.socketpair()
+    try:
+        writer = SocketWriter(ours)
+        assert writer.write_now(b"frame", lambda: False) == b"frame"  # whole: nothing went out
+        assert writer.write_now(b"frame", lambda: True) is None
+        theirs.settimeout(5 * UNIT)
+        assert theirs.recv(16) == b"frame"
+    finally:
+        ours.close()
+        theirs.close()
+    with duplexthreads.serve(ping_interval=None) as server:
+        client = duplexthreads.connect(server.url, ping_interval=None)
+        with client:
+            assert str(client.recv(timeout=5 * UNIT)).startswith("* welcome")  # it is in the hub now
+            (member,) = list(server.hub)
+            transport = member.transport
+            transport._is_open = lambda: False  # type: ignore[attr-defined]  # as if the close reply just went
+            assert transport.send_now("late") == "late"  # the message itself, for send_batch() to refuse
