@@ -38,7 +38,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from ._deadline import timeout_arg
 from ._rfc6455 import GOING_AWAY, check_close_code, check_close_reason
@@ -156,8 +156,11 @@ class Hub:
         self._delivered = 0
         self._dropped = 0
         self._cut_off = 0
-        # Threads closing a connection that fell behind; joined by close().
-        self._cutters: List[threading.Thread] = []
+        # Threads closing a connection that fell behind, by connection; joined by close().
+        self._cutters: Dict[Duplex, threading.Thread] = {}
+        # Members (on_full="drop") still full after a grace: later broadcasts do not wait for
+        # them again until they take a message at once.
+        self._lagging: Set[Duplex] = set()
         if backplane is not None:
             backplane.start(self._deliver_from_backplane)
 
@@ -174,6 +177,7 @@ class Hub:
         """Stop sending broadcasts to ``conn`` (it stays open); nothing happens if it is not here."""
         with self._lock:
             self._members.discard(conn)
+            self._lagging.discard(conn)
 
     def broadcast(self, message: Sendable, exclude: Optional[Duplex] = None) -> int:
         """Hand ``message`` to every live connection but ``exclude``; return how many took it.
@@ -200,7 +204,7 @@ class Hub:
         check_close_code(code)
         check_close_reason(reason)
         with self._lock:
-            if any(conn._protocol.in_own_thread() for conn in [*self._members, *self._closing]):
+            if any(conn._protocol.in_own_thread() for conn in [*self._members, *self._closing, *self._cutters]):
                 raise UsageError("Hub.close() cannot run in one of its connections' own threads")
             if self._closer is threading.current_thread() and not self._close_done.is_set():
                 raise UsageError("Hub.close() is already running in this thread (a signal handler?)")
@@ -211,7 +215,7 @@ class Hub:
                 self._closer = threading.current_thread()
             members = list(self._members)
             self._members.clear()
-            cutters = list(self._cutters)
+            cutters = list(self._cutters.values())
         if not first:
             self._close_done.wait()
             return list(self._close_reports)
@@ -256,6 +260,7 @@ class Hub:
 
     def _fan_out(self, message: Message, exclude: Optional[Duplex]) -> int:
         recipients = self._live(exclude)
+        lagging = self._lagging  # read without the lock: a stale view costs one wait at most
         delivered = 0
         full: List[Duplex] = []
         for conn in recipients:
@@ -267,11 +272,16 @@ class Hub:
             except ConnectionClosed:
                 continue  # it is ending; it leaves the hub at the next look
             delivered += 1
+            if lagging and conn in lagging:
+                with self._lock:
+                    self._lagging.discard(conn)  # caught up
         if full and self.grace > 0:
             # Everyone else has the message already; now wait, ``grace`` seconds in all, for the
-            # members that are only momentarily behind (a burst, a flood) to make room.
+            # members that are only momentarily behind (a burst, a flood) to make room. A member
+            # that stayed full through an earlier grace is not waited for again.
             deadline = time.monotonic() + self.grace
-            late, full = full, []
+            late = [conn for conn in full if conn not in lagging] if lagging else full
+            full = [conn for conn in full if conn in lagging] if lagging else []
             for conn in late:
                 try:
                     conn.send(message, timeout=max(0.0, deadline - time.monotonic()))
@@ -283,6 +293,9 @@ class Hub:
                 delivered += 1
         dropped = len(full)
         behind = full if self.on_full == "close" else []
+        if full and self.on_full == "drop" and self.grace > 0:
+            with self._lock:
+                self._lagging.update(full)
         with self._lock:
             self._delivered += delivered
             self._dropped += dropped
@@ -295,6 +308,8 @@ class Hub:
         with self._lock:
             ended = [conn for conn in self._members if conn.closed]
             self._members.difference_update(ended)
+            if self._lagging:
+                self._lagging.difference_update(ended)
             return [conn for conn in self._members if conn is not exclude]
 
     def _cut(self, conn: Duplex) -> None:
@@ -304,7 +319,7 @@ class Hub:
                 return  # another broadcast cut it off already
             self._members.discard(conn)
             self._cut_off += 1
-            self._cutters = [t for t in self._cutters if t.is_alive()]
+            self._cutters = {c: t for c, t in self._cutters.items() if t.is_alive()}
             cutter = threading.Thread(
                 target=conn.close,
                 # The close frame waits behind a full queue the client is not reading: a short
@@ -319,4 +334,4 @@ class Hub:
             )
             # Started under the lock: close() must never see a cutter it cannot join yet.
             cutter.start()
-            self._cutters.append(cutter)
+            self._cutters[conn] = cutter

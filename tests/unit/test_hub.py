@@ -399,3 +399,51 @@ def test_close_from_a_member_being_closed_by_another_close_raises(make_pair: Mak
         hub_module.close_all = original_close_all
     assert len(errors) == 1 and "own threads" in str(errors[0])
     assert reports[0].lingering == () and time.monotonic() - started < WAIT / 2
+
+
+def test_with_drop_a_member_still_full_after_a_grace_is_not_waited_for_again(make_pair: MakePair) -> None:
+    pairs = room(make_pair, 2, max_queue=2)
+    stuck_conn, stuck_peer = pairs[0]
+    stuck_peer.stop_reading()
+    hub = Hub(on_full="drop", grace=0.2)
+    for conn, _ in pairs:
+        hub.add(conn)
+    started = time.monotonic()
+    for index in range(20):
+        hub.broadcast(f"m{index}")
+    # One grace in all, not one per broadcast: every broadcast used to wait for it again.
+    assert time.monotonic() - started < 2 * 0.2 + WAIT / 4
+    assert pairs[1][1].wait_messages(20) == [f"m{i}" for i in range(20)]
+    stats = hub.stats
+    assert stuck_conn in hub and stats.cut_off == 0 and stats.dropped > 0 and stats.delivered + stats.dropped == 40
+    stuck_conn.abort()
+    hub.close()
+
+
+def test_close_from_a_member_being_cut_off_raises(make_pair: MakePair) -> None:
+    """Its cutter waits for the member's reader, which was in the callback calling close()."""
+    errors: List[BaseException] = []
+    hub = Hub()
+    cut = threading.Event()
+
+    def on_message(message: object) -> None:
+        cut.wait(WAIT)
+        try:
+            hub.close()
+        except UsageError as exc:
+            errors.append(exc)
+
+    (member, peer), (other, _) = room(make_pair, 1, on_message=on_message, max_queue=1) + room(make_pair, 1)
+    peer.stop_reading()
+    hub.add(member)
+    hub.add(other)
+    peer.send("go")  # the member's reader is now in on_message
+    for index in range(4):
+        hub.broadcast(f"m{index}")  # its queue fills: cut off, by a thread waiting for its reader
+    assert hub.stats.cut_off == 1
+    started = time.monotonic()
+    cut.set()
+    member.wait(WAIT)
+    assert len(errors) == 1 and "own threads" in str(errors[0])
+    assert time.monotonic() - started < 1.0 + WAIT / 4  # the cut-off's own bound, no backstop
+    hub.close()
