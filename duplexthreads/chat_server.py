@@ -58,7 +58,7 @@ logger = logging.getLogger("duplexthreads.serve")
 #: at most: a client trickling bytes holds its thread longer, which MAX_HTTP_REQUESTS bounds).
 #: The WebSocket itself has no such limit.
 REQUEST_TIMEOUT = 10.0
-#: Most requests at once still sending their HTTP request; more get 503 at once.
+#: Most requests at once still sending their HTTP request; beyond it the oldest is cut.
 MAX_HTTP_REQUESTS = 128
 #: Connections the kernel queues before the server accepts them (many clients join at once).
 _BACKLOG = 1024
@@ -153,6 +153,8 @@ class ChatServer:
         self._requests: Dict[threading.Thread, socket.socket] = {}
         # Request threads past the HTTP request: close() must not shut their sockets.
         self._upgrading: Set[threading.Thread] = set()
+        # Request threads whose silent client was cut to make room (ending now).
+        self._evicted: Set[threading.Thread] = set()
         self._request_count = itertools.count(1)
         self._closed = threading.Event()
         self._close_reports: List[ExitReport] = []
@@ -250,11 +252,14 @@ class ChatServer:
             for ended in [t for t in self._requests if not t.is_alive()]:
                 del self._requests[ended]
                 self._upgrading.discard(ended)
-            if len(self._requests) - len(self._upgrading) >= MAX_HTTP_REQUESTS:
-                # Clients that open connections and send nothing must not cost a thread each.
-                _refuse_busy(request)
-                self._server.shutdown_request(request)
-                return
+                self._evicted.discard(ended)
+            waiting = [t for t in self._requests if t not in self._upgrading and t not in self._evicted]
+            if len(waiting) >= MAX_HTTP_REQUESTS:
+                # Connections that send nothing must not cost a thread each, nor lock the room:
+                # the one that has waited longest (the dict keeps start order) is cut.
+                oldest = waiting[0]
+                self._evicted.add(oldest)
+                _shut(self._requests[oldest])
             thread = threading.Thread(
                 target=self._server.process_request_thread,
                 args=(request, client_address),
@@ -386,16 +391,6 @@ def _listen(host: str, port: int, chat: ChatServer) -> _WSGIServer:
     family = select_address_family(host, port)
     with socket.create_server((host, port), family=family, backlog=_BACKLOG) as listener:
         return _WSGIServer(listener, chat)  # Werkzeug keeps a duplicate of the descriptor
-
-
-def _refuse_busy(request: socket.socket) -> None:
-    """Answer 503 to a connection the server will not read (too many are pending)."""
-    body = b"Too many pending requests.\n"
-    head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    try:
-        request.send(head.encode("ascii") + body, socket.MSG_DONTWAIT)
-    except OSError:
-        pass  # gone, or not reading: it is closed either way
 
 
 def _status_line(status: int) -> str:
