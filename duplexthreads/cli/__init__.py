@@ -50,9 +50,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _release_a_broken_stdout() -> None:
     """If whoever read stdout left (``| head -1``), point it at /dev/null: otherwise the
     interpreter's last flush would complain about the broken pipe on stderr."""
+    if sys.stdout is None:  # closed with >&-: nothing to flush
+        return
     try:
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
+    except (OSError, ValueError):
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

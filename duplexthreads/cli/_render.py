@@ -52,7 +52,14 @@ def show_binary(data: bytes, limit: Optional[int] = None) -> str:
 class Renderer:
     """Writes lines for the command; safe to call from any thread (one lock, one line at a time)."""
 
-    def __init__(self, *, interactive: bool, color: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    def __init__(
+        self,
+        *,
+        interactive: bool,
+        color: bool,
+        out: Optional[TextIO] = sys.stdout,
+        err: Optional[TextIO] = sys.stderr,
+    ) -> None:
         #: A person at a terminal: mark incoming lines, say more.
         self.interactive = interactive
         self.color = color
@@ -68,12 +75,15 @@ class Renderer:
             # escape rather than fail in the reader thread.
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
-                reconfigure(errors="backslashreplace")
-        interactive = sys.stdout.isatty()
+                try:
+                    reconfigure(errors="backslashreplace")
+                except (OSError, ValueError):
+                    pass
+        interactive = _is_terminal(sys.stdout)
         color = interactive and not no_color and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
         return cls(interactive=interactive, color=color)
 
-    def redirect(self, out: TextIO, err: TextIO) -> None:
+    def redirect(self, out: Optional[TextIO], err: Optional[TextIO]) -> None:
         """Write through these streams from now on (the prompt's, which print above the input line)."""
         with self._lock:
             self._out, self._err = out, err
@@ -90,7 +100,7 @@ class Renderer:
             kind = "incoming"
         if self.interactive:
             text = self._paint("< " + text, kind)
-        self._write(self._out, text)
+        self._write(self._out, text, strict=True)
 
     # -- notes on stderr -----------------------------------------------------------------------
 
@@ -118,10 +128,29 @@ class Renderer:
         colour = _COLOURS[kind] if self.color else ""
         return f"{colour}{text}{_RESET}" if colour else text
 
-    def _write(self, stream: TextIO, line: str) -> None:
+    def _write(self, stream: Optional[TextIO], line: str, strict: bool = False) -> None:
+        """One line on ``stream``; nothing when there is none (closed with ``>&-``).
+
+        Failing to write a message (``strict``) raises: nobody reads them any more, so the
+        reader closes. Failing to write anything else (to stderr) does not: notes about the connection must never change
+        what is sent or the exit status.
+        """
+        if stream is None:
+            return
         with self._lock:
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                stream.write(line + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                if strict:
+                    raise
+
+
+def _is_terminal(stream: Optional[TextIO]) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def describe_end(report: ExitReport) -> str:
