@@ -270,6 +270,18 @@ def chat(clients: Dict[str, websocket.WebSocket], count: int) -> None:
             assert received[other] == [str(number) for number in range(count)], (name, other)
 
 
+def chat_and_leave(port: int, names: Sequence[str], count: int) -> None:
+    """Join the room, chat (see :func:`chat`), close with 1000; every socket shut down in the end."""
+    clients = join_room(port, names)
+    try:
+        chat(clients, count)
+        for client in clients.values():
+            client.close(status=1000)
+    finally:
+        for client in clients.values():
+            client.shutdown()
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Gunicorn]:
     """One Gunicorn for the tests that do not stop it; debug logging to see how each request ends."""
@@ -323,14 +335,7 @@ def test_ended_websockets_leave_gunicorn_at_peace(server: Gunicorn) -> None:
 
 
 def test_chat_room_of_three(server: Gunicorn) -> None:
-    clients = join_room(server.port, ["ann", "bob", "cyd"])
-    try:
-        chat(clients, 100)
-        for client in clients.values():
-            client.close(status=1000)
-    finally:
-        for client in clients.values():
-            client.shutdown()
+    chat_and_leave(server.port, ["ann", "bob", "cyd"], 100)
 
 
 def test_a_message_over_the_size_limit_closes_only_its_sender(server: Gunicorn) -> None:

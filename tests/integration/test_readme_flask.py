@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 import duplexthreads
 
 from ..timing import UNIT
-from .test_gunicorn import Gunicorn, chat, http_get, join_room
+from .test_gunicorn import Gunicorn, chat, chat_and_leave, http_get, join_room
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
 
@@ -134,13 +134,6 @@ def test_under_werkzeug(example_module: ModuleType) -> None:
 def test_under_gunicorn(example: Path) -> None:
     # As the README runs it, but with fewer threads than its 100.
     with Gunicorn("app:app", "--threads", "8", pythonpath=example.parent, cwd=example.parent) as server:
-        clients = join_room(server.port, ["ann", "bob", "cyd"])
-        try:
-            chat(clients, 20)
-            for client in clients.values():
-                client.close(status=1000)
-        finally:
-            for client in clients.values():
-                client.shutdown()
+        chat_and_leave(server.port, ["ann", "bob", "cyd"], 20)
         check_refusals(server.port)
     assert "[ERROR]" not in server.log_text() and "Traceback" not in server.log_text()
