@@ -567,13 +567,7 @@ class ServerProcess:
                 self.final = json.loads(self._line(20.0))
             except (RoomError, ValueError):
                 self.final = None
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        _reap(self._proc)
         return self.final
 
     def __enter__(self) -> ServerProcess:
@@ -962,13 +956,7 @@ class FloodProcess:
                 result = json.loads(self._line(10.0))
             except (OSError, RoomError, ValueError):
                 result = None
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        _reap(self._proc)
         return result
 
 
@@ -1533,3 +1521,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Wait for a child told to end (killed after 10 s) and close its pipe."""
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
