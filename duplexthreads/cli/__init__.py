@@ -8,6 +8,7 @@ end, by signals), ``_render`` what it prints, ``_serve`` the server.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Optional, Sequence
@@ -25,9 +26,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parse(argv, __version__)
     except SystemExit as exit:  # argparse: --help, --version (0) or a usage error (2)
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
-    from ._render import Renderer
+    from ._render import LogToRenderer, Renderer
 
     renderer = Renderer.for_streams(no_color=getattr(args, "no_color", False))
+    # The library's warnings (Redis unreachable, a server thread that failed): one line each.
+    library_log = logging.getLogger("duplexthreads")
+    handler = LogToRenderer(renderer)
+    library_log.addHandler(handler)
     try:
         if args.command == "serve":
             from ._serve import run_serve
@@ -44,6 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         renderer.error(f"unexpected {exc!r}")
         return EXIT_ABNORMAL
     finally:
+        library_log.removeHandler(handler)
         _release_a_broken_stdout()
 
 

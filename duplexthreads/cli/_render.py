@@ -8,6 +8,7 @@ the input side's business.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Optional, TextIO
 
 from ..report import ExitReport, Message, Reason
 
-__all__ = ["Renderer", "escape", "show_binary"]
+__all__ = ["LogToRenderer", "Renderer", "escape", "show_binary"]
 
 #: Bytes of a binary message shown in hex on a terminal; the rest is only counted. Pipes get all.
 TERMINAL_BINARY_BYTES = 256
@@ -151,6 +152,24 @@ def _is_terminal(stream: Optional[TextIO]) -> bool:
         return stream is not None and stream.isatty()
     except (AttributeError, OSError, ValueError):
         return False
+
+
+class LogToRenderer(logging.Handler):
+    """The library's warnings (``duplexthreads`` logger) as one ``warning:`` line each on
+    stderr, escaped, with the exception's one-line summary instead of a traceback."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        super().__init__(logging.WARNING)
+        self._renderer = renderer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text = f"{text}: {_error_text(record.exc_info[1])}"
+            self._renderer.warning(escape(text))
+        except Exception:  # noqa: BLE001 - a log line must never break the command
+            pass
 
 
 def describe_end(report: ExitReport) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 
 from ..chat_server import serve
 from ._args import EXIT_OK, EXIT_USAGE
@@ -33,10 +34,16 @@ def run_serve(args: argparse.Namespace, renderer: Renderer) -> int:
         with wakeup.on_signals():
             try:
                 server = serve(args.host, args.port, backplane=backplane)
-            except OSError as exc:  # the port is taken, or the address is not one of this machine's
-                renderer.error(f"cannot listen on {args.host}:{args.port}: {escape(str(exc))}")
+            except (OSError, ValueError) as exc:  # the port is taken, the address is not this machine's, or none
+                host = escape(args.host) or "''"
+                renderer.error(f"cannot listen on {host}:{args.port}: {escape(str(exc))}")
                 return EXIT_USAGE
             try:
+                if not _loopback(args.host):
+                    renderer.warning(
+                        f"listening on {escape(args.host)}: the room is reachable from the network,"
+                        " and anyone who reaches it can join (no authentication)"
+                    )
                 room = f", room shared through {args.redis}" if args.redis else ""
                 renderer.status(f"chat server on {server.url}{room} - join with: duplexthreads chat {server.url}")
                 renderer.status("Ctrl-C stops it")
@@ -48,3 +55,13 @@ def run_serve(args: argparse.Namespace, renderer: Renderer) -> int:
         wakeup.close()
     renderer.status("chat server stopped")
     return EXIT_OK
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface

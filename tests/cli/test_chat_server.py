@@ -122,3 +122,57 @@ def test_two_servers_share_a_room_through_redis(redis_url: str) -> None:
         for server in (east, west):
             server.signal(signal.SIGINT)
             assert server.wait() == 0
+
+
+def test_serve_on_an_empty_host_is_a_usage_error() -> None:
+    result = run(["serve", "--host", ""])
+    assert result.code == 2, result.stderr
+    assert "cannot listen on ''" in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_says_when_redis_cannot_be_reached() -> None:
+    # The library logs it (logger "duplexthreads"): the command shows it as one line on stderr.
+    pytest.importorskip("redis")
+    with Piped(["serve", "--redis", f"redis://127.0.0.1:{free_port()}/"]) as server:
+        server.expect(r"^warning: .*cannot reach Redis", stream="stderr", timeout=10 * UNIT)
+        server.signal(signal.SIGINT)
+        assert server.wait(10 * UNIT) == 0
+        assert not any("Traceback" in line for line in server.rest("stderr"))
+
+
+def test_serve_warns_when_the_room_is_reachable_from_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process, so that nothing listens beyond loopback: the server is asked for 0.0.0.0 and
+    # given 127.0.0.1, and the wait for Ctrl-C returns at once.
+    import argparse
+    import io
+
+    from duplexthreads import chat_server
+    from duplexthreads.cli import _serve
+    from duplexthreads.cli._render import Renderer
+    from duplexthreads.cli._wakeup import Signal, Wakeup
+
+    asked = []
+
+    def serve_on_loopback(host: str, port: int, **options: object) -> chat_server.ChatServer:
+        asked.append(host)
+        return chat_server.serve("127.0.0.1", 0, **options)  # type: ignore[arg-type]
+
+    class Interrupted(Wakeup):
+        def wait(self, timeout: object) -> Signal:
+            return Signal.INTERRUPT
+
+    monkeypatch.setattr(_serve, "serve", serve_on_loopback)
+    monkeypatch.setattr(_serve, "Wakeup", Interrupted)
+    for host, warned in (("0.0.0.0", True), ("::", True), ("example.org", True), ("127.0.0.1", False), ("::1", False)):
+        out, err = io.StringIO(), io.StringIO()
+        renderer = Renderer(interactive=False, color=False, out=out, err=err)
+        args = argparse.Namespace(host=host, port=0, redis=None, channel="c")
+        assert _serve.run_serve(args, renderer) == 0
+        lines = err.getvalue().splitlines()
+        warnings = [line for line in lines if line.startswith("warning:")]
+        assert bool(warnings) is warned, (host, lines)
+        if warned:
+            assert len(warnings) == 1 and "reachable from the network" in warnings[0]
+            assert "no authentication" in warnings[0]
+    assert asked[0] == "0.0.0.0"
