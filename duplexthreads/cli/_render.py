@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import unicodedata
 from typing import Optional, TextIO
 
 from ..report import ExitReport, Message, Reason
@@ -23,12 +24,18 @@ TERMINAL_BINARY_BYTES = 256
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _RESET = "\x1b[0m"
+#: Invisible characters that change how the rest shows: format characters, line and paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+_ZWJ = 0x200D
 _COLOURS = {"incoming": "", "notice": "\x1b[2m", "note": "\x1b[36m", "error": "\x1b[31m", "warning": "\x1b[33m"}
 
 
 def escape(text: str) -> str:
-    """``text`` with control characters (C0, DEL, C1) written as escapes, so that a message
-    can neither move the cursor nor split into several lines. Backslashes are left alone (the
+    """``text`` with control characters (C0, DEL, C1), invisible format characters (Unicode
+    category Cf: bidirectional overrides such as U+202E, zero-width spaces) and line and
+    paragraph separators (U+2028, U+2029) written as escapes, so that a message can neither
+    move the cursor, nor reorder or hide what is shown, nor split into several lines. The zero
+    width joiner (U+200D) stays: emoji sequences need it. Backslashes are left alone (the
     escaping is for reading, not for decoding back)."""
     if text.isprintable():
         return text
@@ -37,6 +44,8 @@ def escape(text: str) -> str:
         code = ord(char)
         if code < 0x20 or 0x7F <= code < 0xA0:
             out.append(_NAMED.get(char) or f"\\x{code:02x}")
+        elif code > 0xA0 and code != _ZWJ and unicodedata.category(char) in _ESCAPED_CATEGORIES:
+            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
         else:
             out.append(char)
     return "".join(out)
@@ -175,7 +184,7 @@ class LogToRenderer(logging.Handler):
 def describe_end(report: ExitReport) -> str:
     """``closed by the server: 4001 'bye'`` and the like, for the last line of a session."""
     code = report.close_code
-    reason = f" {escape(report.close_reason)!r}" if report.close_reason else ""
+    reason = f" '{escape(report.close_reason)}'" if report.close_reason else ""
     error = report.error
     detail = f": {_error_text(error)}" if error is not None else ""
     if report.reason is Reason.PEER_CLOSED:

@@ -114,3 +114,21 @@ def test_run_as_a_module_it_gives_the_module_command_to_join() -> None:
     assert done.returncode == 0, done.stderr
     assert b"to join from another terminal: python -m duplexthreads chat ws://127.0.0.1:" in done.stderr
     assert done.stdout.startswith(b"* welcome, you are guest-1 (1 here)\n")
+
+
+def test_escape_invisible_format_characters_and_separators() -> None:
+    # A right-to-left override would show "evil" reversed; U+2028/2029 split lines in some
+    # terminals; zero-width characters hide text. The zero width joiner of emoji stays.
+    assert escape("\u202eevil\u202c reversed") == "\\u202eevil\\u202c reversed"
+    assert escape("line\u2028sep\u2029par") == "line\\u2028sep\\u2029par"
+    assert escape("zero\u200bwidth\u2066iso\ufeff\xad") == "zero\\u200bwidth\\u2066iso\\ufeff\\xad"
+    assert escape("\U000e0041tag") == "\\U000e0041tag"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert escape(family) == family
+
+
+def test_a_close_reason_is_shown_like_a_message() -> None:
+    from duplexthreads.cli._render import describe_end
+
+    report = ExitReport(1, "reader", Reason.PEER_CLOSED, close_code=4001, close_reason="\x1b[31mred\\n\u202e")
+    assert describe_end(report) == "closed by the server: 4001 '\\x1b[31mred\\n\\u202e'"
