@@ -21,12 +21,15 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import gunicorn
 import pytest
 import websocket
 
 from ..timing import UNIT
 from .gunicorn_app import MAX_MESSAGE_SIZE
 from .test_werkzeug import HOSTILE_CLIENT
+
+GUNICORN_VERSION = tuple(int(part) for part in gunicorn.__version__.split(".")[:2] if part.isdigit())
 
 pytestmark = pytest.mark.timeout(30 * UNIT)
 
@@ -57,8 +60,9 @@ class Gunicorn:
             "--bind",
             "127.0.0.1:0",
             # Since Gunicorn 25 the master also listens on a Unix socket under ~/.gunicorn, one
-            # path for every instance: not wanted in a test.
-            "--no-control-socket",
+            # path for every instance: not wanted in a test. (Older ones, which Python 3.9
+            # gets, neither have it nor know the option.)
+            *(["--no-control-socket"] if GUNICORN_VERSION >= (25,) else []),
             *options,
             app,
         ]
