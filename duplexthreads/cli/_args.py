@@ -12,6 +12,7 @@ import math
 from typing import List, Optional, Sequence
 
 from ..client import BACKENDS
+from ..session import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["EXIT_ABNORMAL", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "header_lines", "parse"]
 
@@ -92,6 +93,13 @@ def _parser(version: str) -> argparse.ArgumentParser:
     opening.add_argument("--cafile", help="trust the certificates in this PEM file for wss://")
     opening.add_argument(
         "--connect-timeout", type=_seconds, default=10.0, metavar="SECONDS", help="bound on opening (default 10)"
+    )
+    opening.add_argument(
+        "--max-size",
+        type=_max_size,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help="largest message accepted, else the connection fails with 1009 (none or 0: no limit; default 1 MiB)",
     )
     opening.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0], help="client library underneath")
     opening.add_argument(
@@ -181,6 +189,18 @@ def _seconds_or_off(text: str) -> Optional[float]:
     except ValueError:
         pass  # _seconds says what is wrong with it
     return _seconds(text)
+
+
+def _max_size(text: str) -> Optional[int]:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of bytes (0 or none: no limit), not {text!r}")
+    return value or None
 
 
 def _port(text: str) -> int:

@@ -101,6 +101,7 @@ def _chat(args: argparse.Namespace, url: str, renderer: Renderer) -> int:
         open_timeout=args.connect_timeout,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        max_message_size=args.max_size,
         on_message=session.on_message,
     )
     try:
@@ -238,6 +239,9 @@ class ChatSession:
         for helper in self._helpers:
             helper.join()
         self.renderer.ended(report)
+        if report.unsent:  # accepted from the input, never written: the user should know
+            count = len(report.unsent)
+            self.renderer.status(f"{count} message{'' if count == 1 else 's'} not sent")
         return exit_status(report)
 
     def close(self) -> None:

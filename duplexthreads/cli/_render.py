@@ -21,6 +21,8 @@ __all__ = ["LogToRenderer", "Renderer", "escape", "show_binary"]
 
 #: Bytes of a binary message shown in hex on a terminal; the rest is only counted. Pipes get all.
 TERMINAL_BINARY_BYTES = 256
+#: Characters of a text message shown on a terminal; the rest is only counted. Pipes get all.
+TERMINAL_TEXT_CHARACTERS = 4096
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _RESET = "\x1b[0m"
@@ -103,7 +105,11 @@ class Renderer:
     def message(self, message: Message) -> None:
         """An incoming message: one line on stdout."""
         if isinstance(message, str):
-            text = escape(message)
+            if self.interactive and len(message) > TERMINAL_TEXT_CHARACTERS:
+                more = len(message) - TERMINAL_TEXT_CHARACTERS
+                text = f"{escape(message[:TERMINAL_TEXT_CHARACTERS])}... ({more} more characters)"
+            else:
+                text = escape(message)
             kind = "notice" if message.startswith("* ") else "incoming"
         else:
             text = show_binary(message, TERMINAL_BINARY_BYTES if self.interactive else None)

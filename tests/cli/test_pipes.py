@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -247,3 +248,55 @@ def test_prompt_toolkit_is_not_even_imported_without_a_terminal() -> None:
     assert done.returncode == 0
     assert done.stdout == b"hi\n"
     assert b"prompt_toolkit" not in done.stderr
+
+
+def test_a_long_text_message_is_whole_in_a_pipe() -> None:
+    def send_long(ws: ServerConnection) -> None:
+        ws.send("a" * 5000 + "THE-END")
+        for _ in ws:
+            pass
+
+    with websocket_server(send_long) as url:
+        result = run(["chat", url, "-1"], stdin=None)
+    assert result.stdout == "a" * 5000 + "THE-END\n"
+    assert result.code == 0, result.stderr
+
+
+def test_max_size_bounds_the_messages_accepted() -> None:
+    def send_2000(ws: ServerConnection) -> None:
+        ws.send("b" * 2000)
+        for _ in ws:
+            pass
+
+    with websocket_server(send_2000) as url:
+        small = run(["chat", url, "-1", "--max-size", "1000"], stdin=None)
+        unbounded = run(["chat", url, "-1", "--max-size", "none"], stdin=None)
+    assert small.code == 1, small.stderr
+    assert "1009" in small.stderr and small.stdout == ""
+    assert unbounded.code == 0 and unbounded.stdout == "b" * 2000 + "\n"
+    assert run(["chat", "ws://127.0.0.1:1/", "--max-size", "-1"]).code == 2
+
+
+def test_messages_left_unsent_are_counted() -> None:
+    # The server never reads: lines pile up in the outbound queue; two Ctrl-C abort.
+    with Silent(receive_buffer=4096) as server, Piped(["chat", server.url, "--ping-interval", "0"]) as chat:
+        chat.expect("^connected$", "stderr")
+
+        def feed() -> None:
+            try:
+                for _ in range(200):
+                    chat.send_bytes(b"x" * 65536 + b"\n")
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the command has gone
+
+        feeder = threading.Thread(target=feed, name="test-cli-feed", daemon=True)
+        feeder.start()
+        time.sleep(1.0 * UNIT)
+        chat.signal(signal.SIGINT)
+        chat.expect("Ctrl-C again to abort", stream="stderr")
+        chat.signal(signal.SIGINT)
+        assert chat.wait() == 1
+        errors = chat.rest("stderr")
+        chat.close()
+        feeder.join(10 * UNIT)
+    assert any(re.fullmatch(r"[1-9]\d* messages? not sent", line) for line in errors), chat.seen

@@ -186,3 +186,18 @@ def test_a_message_arriving_while_typing_leaves_the_line_being_typed_intact() ->
         terminal.expect("< echo: half of a line")
         terminal.type("/quit\r")
         assert terminal.end() == 0
+
+
+def test_a_long_text_message_is_cut_on_a_terminal() -> None:
+    def send_long(ws: ServerConnection) -> None:
+        ws.send("a" * 5000 + "THE-END")
+        ws.send("short after")
+        for _ in ws:
+            pass
+
+    with websocket_server(send_long) as url, Terminal(["chat", url, "--no-color"]) as terminal:
+        terminal.expect(r"\.\.\. \(911 more characters\)")
+        assert "THE-END" not in terminal.output
+        terminal.expect("< short after")
+        terminal.type("/quit\r")
+        assert terminal.end() == 0
