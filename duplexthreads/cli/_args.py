@@ -21,6 +21,9 @@ EXIT_ABNORMAL = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
 
+#: The longest duration any option takes: a day. Larger ones overflow timestamps (1e10 s).
+MAX_SECONDS = 86400.0
+
 EXIT_CODES = """\
 exit codes:
   0  the connection closed normally: 1000, 1001 or 1005 from the server, or our close, answered
@@ -162,6 +165,11 @@ def _check_chat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error(prefix + "--insecure and --cafile contradict each other")
     if args.auth is not None and ":" not in args.auth:
         parser.error(prefix + "--auth takes USER:PASSWORD")
+    if args.auth is not None:
+        try:
+            args.auth.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the command line that are not UTF-8 (surrogate escapes)
+            parser.error(prefix + "--auth must be UTF-8 text")
     for header in args.header:
         name, colon, _ = header.partition(":")
         if not colon or not name.strip():
@@ -177,6 +185,8 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SECONDS:g} seconds (a day), not {text!r}")
     return value
 
 

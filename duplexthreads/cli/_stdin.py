@@ -17,11 +17,12 @@ only: see :data:`STDIN_SUPPORTED`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import select
 import sys
-from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Deque, List, NamedTuple, Optional, Union
 
 from ._wakeup import Signal, Wakeup
 
@@ -53,8 +54,10 @@ class PipeInput:
     def __init__(self, wakeup: Wakeup, fd: int = 0) -> None:
         self._wakeup = wakeup
         self._fd = fd
-        self._buffer = b""
-        self._lines: List[bytes] = []
+        #: The line being read, in the pieces it came in: joined once, when its newline comes
+        #: (joining at every read would make a long line without newlines quadratic).
+        self._partial: List[bytes] = []
+        self._lines: Deque[bytes] = collections.deque()
         self._eof = False
 
     def next_event(self, timeout: Optional[float] = None) -> Optional[Event]:
@@ -64,7 +67,7 @@ class PipeInput:
             if signal is not None:
                 return signal
             if self._lines:
-                return _line(self._lines.pop(0))
+                return _line(self._lines.popleft())
             if self._eof:
                 return Signal.EOF
             ready, _, _ = select.select([self._wakeup.fileno(), self._fd], [], [], timeout)
@@ -82,12 +85,18 @@ class PipeInput:
             data = b""  # a stdin that fails to read (closed under us) ends the input like EOF
         if not data:
             self._eof = True
-            if self._buffer:  # a last line without its newline is still a line
-                self._lines.append(self._buffer)
-                self._buffer = b""
+            if self._partial:  # a last line without its newline is still a line
+                self._lines.append(b"".join(self._partial))
+                self._partial = []
             return
-        *complete, self._buffer = (self._buffer + data).split(b"\n")
+        first, *complete = data.split(b"\n")
+        if not complete:  # no newline yet
+            self._partial.append(data)
+            return
+        rest = complete.pop()
+        self._lines.append(b"".join([*self._partial, first]))
         self._lines.extend(complete)
+        self._partial = [rest] if rest else []
 
 
 def _line(raw: bytes) -> Line:

@@ -3,9 +3,12 @@ command that need no process: escaping, the one line for a failed connection, ex
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -132,3 +135,61 @@ def test_a_close_reason_is_shown_like_a_message() -> None:
 
     report = ExitReport(1, "reader", Reason.PEER_CLOSED, close_code=4001, close_reason="\x1b[31mred\\n\u202e")
     assert describe_end(report) == "closed by the server: 4001 '\\x1b[31mred\\n\\u202e'"
+
+
+def test_durations_over_a_day_are_usage_errors() -> None:
+    # -w 1e10 used to end the connection with 1011 'timestamp out of range'.
+    for option in ("-w", "--connect-timeout", "--ping-interval", "--ping-timeout"):
+        result = run(["chat", "ws://127.0.0.1:1/", option, "1e10"])
+        assert result.code == 2, (option, result.stderr)
+        assert "at most 86400 seconds" in result.stderr
+    assert run(["chat", "--help", "-w", "86400"]).code == 0
+
+
+def test_auth_that_is_not_utf8_is_a_usage_error() -> None:
+    result = run(["chat", "ws://127.0.0.1:1/", "--auth", os.fsdecode(b"user:p\xffss")])
+    assert result.code == 2, result.stderr
+    assert "--auth must be UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+
+
+def test_a_long_piped_line_is_read_in_linear_time() -> None:
+    # 64 MiB without a newline, read 64 KiB at a time: joining everything read so far at each
+    # read copied some 32 GB. Lines that span reads, CR LF and a last line without newline too.
+    from duplexthreads.cli._stdin import Line, PipeInput
+    from duplexthreads.cli._wakeup import Signal, Wakeup
+
+    big = b"y" * (64 * 1024 * 1024)
+    data = big + b"\nab\r\nc" + b"d" * 100_000 + b"\n\nlast"
+    reader, writer = os.pipe()
+
+    def feed() -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(writer, view[:65536]) :]
+        finally:
+            os.close(writer)
+
+    feeder = threading.Thread(target=feed, name="test-cli-feed", daemon=True)
+    wakeup = Wakeup()
+    try:
+        feeder.start()
+        pipe = PipeInput(wakeup, reader)
+        started = time.monotonic()
+        first = pipe.next_event(10 * UNIT)
+        elapsed = time.monotonic() - started
+        assert isinstance(first, Line) and first.raw == big
+        assert elapsed < 3 * UNIT
+        rest = [pipe.next_event(10 * UNIT) for _ in range(5)]
+        assert [event.raw if isinstance(event, Line) else event for event in rest] == [
+            b"ab",
+            b"c" + b"d" * 100_000,
+            b"",
+            b"last",
+            Signal.EOF,
+        ]
+    finally:
+        feeder.join(10 * UNIT)
+        os.close(reader)
+        wakeup.close()
