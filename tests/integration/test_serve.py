@@ -351,7 +351,9 @@ def test_fifty_clients_of_two_libraries_chat_in_one_room_then_see_1001(tmp_path:
         assert event["anomalies"] == [], (k, event["anomalies"])
         assert event["senders"] == {name: COUNT for name in names - {f"guest-{k}"}}, k
         notices = [e["text"] for e in children.seen if e["event"] == "notice" and where[(e["child"], e["client"])] == k]
-        assert notices == [f"* guest-{j} joined ({j} here)" for j in range(k + 1, ROOM + 1)], k
+        # Each once; in any order: two joins' notices are broadcast by two request threads, and
+        # the next client may join while the last one's notice is still on its way to some.
+        assert sorted(notices) == sorted(f"* guest-{j} joined ({j} here)" for j in range(k + 1, ROOM + 1)), k
         assert (codes[k]["code"], codes[k]["after"], codes[k]["received"]) == (1001, 0, (ROOM - 1) * COUNT), k
     assert exit_codes == [0] * len(LIBRARIES), children.stderr_texts
     assert children.stderr_texts == [""] * len(LIBRARIES)
