@@ -18,8 +18,20 @@ from ._args import EXIT_ABNORMAL, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, parse
 __all__ = ["EXIT_ABNORMAL", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
+#: The exit status of a command interrupted by Ctrl-C while it was starting up (128 + SIGINT).
+EXIT_INTERRUPTED_STARTING = 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up (importing, parsing), before anything was said: leave quietly.
+        return EXIT_INTERRUPTED_STARTING
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     from .. import __version__
 
     try:

@@ -35,7 +35,7 @@ from ..session import Duplex
 from ._args import EXIT_ABNORMAL, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, header_lines
 from ._render import Renderer, describe_end, escape
 from ._stdin import STDIN_SUPPORTED, Event, Line, PipeInput, TerminalInput
-from ._wakeup import Signal, Wakeup
+from ._wakeup import Signal, Wakeup, interrupting
 
 __all__ = ["run_chat"]
 
@@ -107,10 +107,11 @@ def _chat(args: argparse.Namespace, url: str, renderer: Renderer) -> int:
     try:
         link: Link
         try:
-            if args.reconnect:
-                link = connect(url, reconnect=True, on_open=session.on_open, on_close=session.on_close, **options)
-            else:
-                link = connect(url, start=False, **options)
+            with interrupting():  # SIGTERM and SIGHUP give up as Ctrl-C does
+                if args.reconnect:
+                    link = connect(url, reconnect=True, on_open=session.on_open, on_close=session.on_close, **options)
+                else:
+                    link = connect(url, start=False, **options)
         except ConnectError as exc:
             renderer.error(describe_connect_error(url, exc))
             return EXIT_CONNECT

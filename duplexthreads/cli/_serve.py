@@ -14,7 +14,7 @@ __all__ = ["run_serve"]
 
 
 def run_serve(args: argparse.Namespace, renderer: Renderer) -> int:
-    """Serve until SIGINT or SIGTERM; the exit status."""
+    """Serve until SIGINT, SIGTERM or SIGHUP; the exit status."""
     backplane = None
     if args.redis is not None:
         import duplexthreads

@@ -131,7 +131,8 @@ class TerminalInput:
 
         self._wakeup = wakeup
         self._loop = asyncio.new_event_loop()
-        self._session: PromptSession[str] = PromptSession(prompt, key_bindings=keys)
+        # Ctrl-Z suspends (SIGTSTP) as in any other program, rather than typing \x1a.
+        self._session: PromptSession[str] = PromptSession(prompt, key_bindings=keys, enable_suspend=True)
 
     def next_event(self) -> Event:
         """Prompt for one line; a wake-up ends the prompt at once and is returned instead."""

@@ -18,7 +18,7 @@ import threading
 from types import FrameType
 from typing import Deque, Iterator, Optional
 
-__all__ = ["Signal", "Wakeup"]
+__all__ = ["Signal", "Wakeup", "interrupting"]
 
 
 class Signal(enum.Enum):
@@ -33,9 +33,12 @@ class Signal(enum.Enum):
 
 
 _BYTES = {Signal.QUIT: b"q", Signal.INTERRUPT: b"i"}
-#: What Ctrl-C and SIGTERM do to a chat, and the bytes that say so on the wake-up socket: ours,
-#: and the signal numbers ``signal.set_wakeup_fd`` writes.
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: What Ctrl-C, SIGTERM and SIGHUP (the terminal closed) do to a chat, and the bytes that say so
+#: on the wake-up socket: ours, and the signal numbers ``signal.set_wakeup_fd`` writes.
+_HANGUP = getattr(signal, "SIGHUP", None)  # POSIX only
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((_HANGUP,) if _HANGUP is not None else ()))
+#: The ones that stop a program, which raise KeyboardInterrupt while :func:`interrupting` holds.
+_STOPPING = tuple(number for number in _SIGNALS if number != signal.SIGINT)
 _INTERRUPTING = frozenset({_BYTES[Signal.INTERRUPT][0], *(int(number) for number in _SIGNALS)})
 
 
@@ -89,7 +92,7 @@ class Wakeup:
 
     @contextlib.contextmanager
     def on_signals(self) -> Iterator[None]:
-        """For the ``with`` block, SIGINT and SIGTERM write to this wake-up instead of raising.
+        """For the ``with`` block, SIGINT, SIGTERM and SIGHUP write to this wake-up instead of raising.
 
         Through ``signal.set_wakeup_fd``: the C-level handler writes the signal's number here
         in whichever thread the kernel delivered the signal to. A Python handler alone would
@@ -113,6 +116,25 @@ class Wakeup:
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
+
+
+@contextlib.contextmanager
+def interrupting() -> Iterator[None]:
+    """For the ``with`` block, SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C does: while
+    connecting, before the wake-up is in place, they give up the same way. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, _raise_interrupt) for number in _STOPPING}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _raise_interrupt(number: int, frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt
 
 
 def _ignore(number: int, frame: Optional[FrameType]) -> None:

@@ -176,3 +176,18 @@ def test_serve_warns_when_the_room_is_reachable_from_the_network(monkeypatch: py
             assert len(warnings) == 1 and "reachable from the network" in warnings[0]
             assert "no authentication" in warnings[0]
     assert asked[0] == "0.0.0.0"
+
+
+def test_serve_closes_its_clients_with_1001_on_sighup() -> None:
+    # The terminal it ran in was closed: a graceful stop, as for Ctrl-C.
+    with Piped(["serve", "--port", "0"]) as server:
+        url = server.expect(f"chat server on ({URL})", "stderr").group(1)
+        with Piped(["chat", url]) as client:
+            client.expect("^connected$", "stderr")
+            server.signal(signal.SIGHUP)
+            assert server.wait() == 0
+            assert client.wait() == 0
+            client_errors = client.rest("stderr")
+        errors = server.rest("stderr")
+    assert any("closed by the server: 1001" in line for line in client_errors), client.seen
+    assert any("stopped" in line for line in errors)

@@ -96,7 +96,8 @@ def test_a_server_that_never_answers_the_handshake_times_out() -> None:
     assert result.seconds < 5 * UNIT
 
 
-def test_ctrl_c_while_connecting_gives_up_without_a_traceback() -> None:
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_while_connecting_gives_up_without_a_traceback(interrupt: int) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -105,7 +106,7 @@ def test_ctrl_c_while_connecting_gives_up_without_a_traceback() -> None:
         with Piped(["chat", f"ws://127.0.0.1:{port}/"]) as chat:
             accepted, _ = listener.accept()  # the command now waits for the handshake's answer
             with accepted:
-                chat.signal(signal.SIGINT)
+                chat.signal(interrupt)
                 assert chat.wait() == 3
                 errors = chat.rest("stderr")
     assert errors == [f"error: could not connect to ws://127.0.0.1:{port}/: interrupted"]

@@ -300,3 +300,13 @@ def test_messages_left_unsent_are_counted() -> None:
         chat.close()
         feeder.join(10 * UNIT)
     assert any(re.fullmatch(r"[1-9]\d* messages? not sent", line) for line in errors), chat.seen
+
+
+def test_sighup_closes_gracefully() -> None:
+    with echo_server() as url, Piped(["chat", url]) as chat:
+        chat.send("up?\n")
+        chat.expect("^up\\?$")
+        chat.signal(signal.SIGHUP)
+        assert chat.wait() == 0
+        errors = chat.rest("stderr")
+    assert "closed: 1000" in errors

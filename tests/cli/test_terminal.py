@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import threading
 import time
 from typing import List, Optional
@@ -201,3 +202,30 @@ def test_a_long_text_message_is_cut_on_a_terminal() -> None:
         terminal.expect("< short after")
         terminal.type("/quit\r")
         assert terminal.end() == 0
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="job control through bash")
+def test_ctrl_z_at_the_prompt_suspends() -> None:
+    # Through a shell with job control: a process group with no parent in its session (the
+    # command spawned directly on the pseudo-terminal) is orphaned, and the kernel discards its
+    # SIGTSTP.
+    received: List[str] = []
+
+    def record(ws: ServerConnection) -> None:
+        for message in ws:
+            received.append(str(message))
+            ws.send(message)
+
+    with websocket_server(record) as url:
+        script = f"set -m; {shlex.join(COMMAND)} chat {url} --no-color; echo stopped=$?; fg; echo status=$?"
+        with Terminal(["--norc", "--noprofile", "-c", script], program=shutil.which("bash")) as terminal:
+            terminal.prompt()
+            terminal.type("\x1a")
+            terminal.expect("stopped=148")  # 128 + SIGTSTP: suspended, not a \x1a typed
+            terminal.prompt()
+            terminal.type("after\r")
+            terminal.expect("< after")
+            terminal.type("/quit\r")
+            terminal.expect("status=0")
+            assert terminal.end() == 0
+    assert received == ["after"]

@@ -193,3 +193,20 @@ def test_a_long_piped_line_is_read_in_linear_time() -> None:
         feeder.join(10 * UNIT)
         os.close(reader)
         wakeup.close()
+
+
+def test_ctrl_c_while_starting_up_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import duplexthreads.cli as cli
+
+    def interrupted(argv: object, version: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse", interrupted)
+    try:
+        code = cli.main(["chat"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130
+    assert capsys.readouterr() == ("", "")
