@@ -134,6 +134,9 @@ def _chat(args: argparse.Namespace, url: str, renderer: Renderer) -> int:
 
 def _ssl_context(args: argparse.Namespace, url: str, renderer: Renderer) -> Optional[ssl.SSLContext]:
     if not url.lower().startswith("wss://"):
+        for flag, given in (("--insecure", args.insecure), ("--cafile", args.cafile)):
+            if given:
+                renderer.warning(f"{flag} has no effect: {escape(url)} is not wss:// (no TLS)")
         return None
     if args.insecure:
         renderer.warning("--insecure: the server's certificate is not checked, so anyone on the path could pose as it")

@@ -28,6 +28,7 @@ from ._wakeup import Signal, Wakeup
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
+    from prompt_toolkit.output import Output
 
 __all__ = ["STDIN_SUPPORTED", "Event", "Line", "PipeInput", "TerminalInput"]
 
@@ -132,7 +133,9 @@ class TerminalInput:
         self._wakeup = wakeup
         self._loop = asyncio.new_event_loop()
         # Ctrl-Z suspends (SIGTSTP) as in any other program, rather than typing \x1a.
-        self._session: PromptSession[str] = PromptSession(prompt, key_bindings=keys, enable_suspend=True)
+        self._session: PromptSession[str] = PromptSession(
+            prompt, key_bindings=keys, enable_suspend=True, output=_output_without_cpr()
+        )
 
     def next_event(self) -> Event:
         """Prompt for one line; a wake-up ends the prompt at once and is returned instead."""
@@ -174,6 +177,22 @@ class TerminalInput:
 
     def close(self) -> None:
         self._loop.close()
+
+
+def _output_without_cpr() -> Output:
+    """prompt-toolkit's output to the terminal, asking no cursor position reports (CPR).
+
+    It asks them to place a full-screen layout's bottom toolbar; a one-line prompt has no use
+    for them, and on a terminal that does not answer (pexpect, some serial consoles, Emacs'
+    shell) prompt-toolkit waits a second for the answers when the prompt ends: at every exit.
+    """
+    from prompt_toolkit.output import create_output
+    from prompt_toolkit.output.vt100 import Vt100_Output
+
+    output = create_output()
+    if isinstance(output, Vt100_Output):
+        output.enable_cpr = False
+    return output
 
 
 def stdin_is_terminal() -> bool:

@@ -160,13 +160,20 @@ class Piped:
 class Terminal:
     """The command running on a pseudo-terminal (pexpect), as a person would use it."""
 
-    def __init__(self, args: Sequence[str], timeout: float = 10 * UNIT, program: Optional[str] = None) -> None:
-        """The command with ``args``; or ``program`` with ``args`` (a shell running it, say)."""
+    def __init__(
+        self,
+        args: Sequence[str],
+        timeout: float = 10 * UNIT,
+        program: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
+        """The command with ``args``; or ``program`` with ``args`` (a shell running it, say).
+        ``env``: the child's whole environment (default: :func:`child_env`)."""
         self.ended_at: Optional[float] = None
         self.child = pexpect.spawn(
             program or COMMAND[0],
             list(args) if program else [*COMMAND[1:], *args],
-            env=child_env(),
+            env=child_env() if env is None else env,
             encoding="utf-8",
             codec_errors="replace",
             timeout=timeout,

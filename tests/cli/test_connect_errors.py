@@ -17,7 +17,7 @@ import duplexthreads
 
 from ..timing import UNIT
 from .command import Piped, free_port, run
-from .servers import websocket_server
+from .servers import echo_server, websocket_server
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
 
@@ -110,3 +110,11 @@ def test_ctrl_c_while_connecting_gives_up_without_a_traceback(interrupt: int) ->
                 assert chat.wait() == 3
                 errors = chat.rest("stderr")
     assert errors == [f"error: could not connect to ws://127.0.0.1:{port}/: interrupted"]
+
+
+def test_insecure_with_a_ws_url_says_it_has_no_effect() -> None:
+    with echo_server() as url:
+        result = run(["chat", url, "-k", "-x", "hi", "-w", "0.2"], stdin=None)
+    assert result.code == 0, result.stderr
+    assert result.stdout == "hi\n"
+    assert f"warning: --insecure has no effect: {url} is not wss://" in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from websockets.sync.server import ServerConnection
 
 from ..timing import UNIT
-from .command import COMMAND, Terminal
+from .command import COMMAND, Terminal, child_env
 from .servers import Silent, echo_server, websocket_server
 
 pytestmark = pytest.mark.timeout(60 * UNIT)
@@ -229,3 +229,20 @@ def test_ctrl_z_at_the_prompt_suspends() -> None:
             terminal.expect("status=0")
             assert terminal.end() == 0
     assert received == ["after"]
+
+
+def test_exit_is_prompt_on_a_terminal_that_does_not_answer_cursor_position_requests() -> None:
+    # Without PROMPT_TOOLKIT_NO_CPR (which the other tests set), prompt-toolkit asks the
+    # terminal where the cursor is; pexpect, like some terminals, never answers, and
+    # prompt-toolkit waited a second for the answers at exit. The one-line prompt asks nothing.
+    env = {name: value for name, value in child_env().items() if name != "PROMPT_TOOLKIT_NO_CPR"}
+    with echo_server() as url, Terminal(["chat", url, "--no-color"], env=env) as terminal:
+        terminal.prompt()
+        terminal.type("hello\r")
+        terminal.expect("< hello")
+        typed = time.monotonic()
+        terminal.type("/quit\r")
+        assert terminal.end() == 0
+        assert terminal.ended_at is not None
+        assert terminal.ended_at - typed < 0.8 * UNIT
+        assert "\x1b[6n" not in terminal.output
