@@ -36,13 +36,6 @@ __all__ = ["Pings", "SentPing", "heartbeat_loop"]
 #: Pings whose pong never came are forgotten past this many, oldest first (a peer may legally
 #: answer only the latest ping, and one that never answers must not grow our memory).
 MAX_OUTSTANDING = 32
-#: How long a heartbeat ping may wait for the socket (another write holding it, no room). Long
-#: enough for a pong the reader is writing at that instant: two peers with the same interval
-#: ping each other at the same moments, and a ping given up because the reader was answering
-#: the peer's left the connection with no sign of life until the peer's next ping, which raced
-#: the verdict (a live connection ended with a heartbeat timeout). Short enough that a write
-#: stuck on a dead peer costs nothing.
-PING_WRITE_WAIT = 0.1
 
 
 class SentPing:
@@ -169,9 +162,10 @@ def heartbeat_loop(
 ) -> WorkerExit:
     """Ping every ``interval``; end with :class:`HeartbeatTimeout` if the peer stays silent.
 
-    The verdict rests on signs of life, not on whether a ping could be written: a ping waits
-    at most ``PING_WRITE_WAIT`` for the socket (never long behind another write, which may be
-    stuck on a dead peer), and one that cannot go still starts its timeout. With
+    The verdict rests on signs of life, not on whether a ping could be written: a ping is
+    written only if the socket takes it at once, after waiting at most ``CONTROL_LOCK_WAIT``
+    for another write to finish (never long behind one, which may be stuck on a dead peer), and
+    one that cannot go still starts its timeout. With
     ``timeout`` None the pings only keep the path warm (a NAT's mapping, a proxy's idle
     timer) and measure the latency. ``may_ping`` turns false once a close has begun: no new
     ping follows our close frame.
@@ -204,7 +198,7 @@ def heartbeat_loop(
             sent = pings.register(payload)
             unanswered.append(sent.sent_at)
             try:
-                transport.send_ping(payload, PING_WRITE_WAIT)
+                transport.send_ping(payload, 0)
                 sent.written = True
             except TransportError:
                 pings.forget(payload)  # not written: a sign of life must still come in time

@@ -154,6 +154,16 @@ def _send_if_room(sock: Any, data: memoryview) -> int:
     return _send_without_blocking(sock, data)
 
 
+#: How long a control frame with a deadline (a ping) may wait for another write to finish,
+#: even with a deadline of 0 (a heartbeat ping): long enough for a pong the reader is writing
+#: at that instant, short enough that a write stuck on a dead peer costs nothing. Two peers
+#: with the same ping interval ping each other at the same moments; a heartbeat ping that
+#: gave up whenever it met our reader writing the pong to the peer's left an idle connection
+#: with no sign of life until the peer's next ping, which raced the verdict, and a live
+#: connection ended with a heartbeat timeout.
+CONTROL_LOCK_WAIT = 0.1
+
+
 class SocketWriter:
     """Every write on one socket, whole frames only, whichever thread writes.
 
@@ -238,10 +248,11 @@ class SocketWriter:
     def write_control(self, frame: bytes, deadline: Optional[float] = None) -> None:
         """Write a control frame (a pong, a ping) now, or right after a half-written frame.
 
-        With a ``deadline`` (a ping) it gives up, writing nothing, when another write holds the
-        socket past it: :class:`TimeoutWriteError`.
+        With a ``deadline`` (a ping) it gives up, writing nothing, when the socket has no room
+        for it by then, or another write holds the socket past it and past
+        ``CONTROL_LOCK_WAIT``: :class:`TimeoutWriteError`.
         """
-        wait = -1.0 if deadline is None else (remaining(deadline) or 0.0)
+        wait = -1.0 if deadline is None else max(remaining(deadline) or 0.0, CONTROL_LOCK_WAIT)
         if not self.lock.acquire(timeout=wait):
             raise TimeoutWriteError("the control frame could not go in time: another write is stuck", 0)
         try:

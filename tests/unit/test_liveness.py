@@ -416,44 +416,35 @@ def test_a_pong_settles_the_pings_before_it_that_went_out() -> None:
     assert late.answered.is_set() and late.answered_at is None  # over: nothing will answer
 
 
-def test_a_ping_that_meets_another_write_waits_for_it_briefly() -> None:
-    """Two peers with the same interval ping at the same moments: our heartbeat's ping often
-    met our reader writing the pong to the peer's ping, was given up (it waited not at all), and
+def test_a_heartbeat_ping_that_meets_another_write_waits_for_it_briefly() -> None:
+    """Two peers with the same interval ping at the same moments: our heartbeat's ping (written
+    with a deadline of 0) met our reader writing the pong to the peer's ping, was given up, and
     on an idle connection nothing then came before the verdict: a live connection timed out."""
-    from duplexthreads._heartbeat import PING_WRITE_WAIT, Pings, heartbeat_loop
-    from duplexthreads.transports.base import TimeoutWriteError
+    import socket
 
-    class Busy:
-        """A socket whose lock is held by a 10 ms write whenever a ping comes, and whose peer
-        answers every ping that goes out."""
+    from duplexthreads._deadline import deadline_after
+    from duplexthreads.transports._sockets import CONTROL_LOCK_WAIT, SocketWriter
 
-        def __init__(self) -> None:
-            self.heard = time.monotonic()
-            self.written = 0
-
-        def send_ping(self, payload: bytes, timeout: float) -> None:
-            if timeout < 0.01:
-                raise TimeoutWriteError("another write holds the socket", 0)
-            self.written += 1
-            self.heard = time.monotonic()  # the pong
-
-        def last_sign_of_life(self) -> float:
-            return self.heard
-
-    assert PING_WRITE_WAIT >= 0.05
-    transport, quit = Busy(), threading.Event()
-    ended: List[object] = []
-    worker = threading.Thread(
-        target=lambda: ended.append(
-            heartbeat_loop(transport, Pings(), quit, 0.05, 0.05, lambda: False, lambda: True)  # type: ignore[arg-type]
-        )
-    )
-    worker.start()
+    ours, theirs = socket.socketpair()
     try:
-        assert not quit.wait(0.5)  # ten intervals: every verdict must find the pong
+        writer = SocketWriter(ours)
+        held, release = threading.Event(), threading.Event()
+
+        def a_pong_being_written() -> None:
+            with writer.lock:
+                held.set()
+                release.wait(WAIT)
+
+        pong = threading.Thread(target=a_pong_being_written)
+        pong.start()
+        assert held.wait(WAIT)
+        timer = threading.Timer(CONTROL_LOCK_WAIT / 5, release.set)  # the pong is done soon
+        timer.start()
+        writer.write_control(b"ping", deadline_after(0))  # the heartbeat's deadline
+        pong.join(WAIT)
+        timer.join(WAIT)
+        theirs.settimeout(WAIT)
+        assert theirs.recv(16) == b"ping"
     finally:
-        quit.set()
-        worker.join(WAIT)
-    assert transport.written >= 5
-    (exit_report,) = ended
-    assert getattr(exit_report, "error", None) is None, exit_report
+        ours.close()
+        theirs.close()
