@@ -150,11 +150,13 @@ def test_a_silent_server_is_found_out_by_the_heartbeat() -> None:
     assert result.seconds < 5 * UNIT
 
 
-def test_sigint_closes_gracefully() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_closes_gracefully(signum: signal.Signals) -> None:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all close with 1000."""
     with echo_server() as url, Piped(["chat", url]) as chat:
         chat.send("up?\n")
         chat.expect("^up\\?$")
-        chat.signal(signal.SIGINT)
+        chat.signal(signum)
         assert chat.wait() == 0
         errors = chat.rest("stderr")
     assert "closed: 1000" in errors
@@ -173,14 +175,6 @@ def test_a_second_sigint_aborts_a_close_the_server_does_not_answer() -> None:
         errors = chat.rest("stderr")
     assert any("aborted" in line for line in errors), chat.seen
     assert not any("Traceback" in line for line in chat.seen["stderr"])
-
-
-def test_sigterm_closes_gracefully() -> None:
-    with echo_server() as url, Piped(["chat", url]) as chat:
-        chat.send("up?\n")
-        chat.expect("^up\\?$")
-        chat.signal(signal.SIGTERM)
-        assert chat.wait() == 0
 
 
 def test_reconnect_carries_on_after_an_abnormal_close() -> None:
@@ -300,13 +294,3 @@ def test_messages_left_unsent_are_counted() -> None:
         chat.close()
         feeder.join(10 * UNIT)
     assert any(re.fullmatch(r"[1-9]\d* messages? not sent", line) for line in errors), chat.seen
-
-
-def test_sighup_closes_gracefully() -> None:
-    with echo_server() as url, Piped(["chat", url]) as chat:
-        chat.send("up?\n")
-        chat.expect("^up\\?$")
-        chat.signal(signal.SIGHUP)
-        assert chat.wait() == 0
-        errors = chat.rest("stderr")
-    assert "closed: 1000" in errors
