@@ -264,13 +264,11 @@ class Hub:
         delivered = 0
         full: List[Duplex] = []
         for conn in recipients:
-            try:
-                conn.send(message, timeout=0)
-            except TimeoutError:
-                full.append(conn)
+            taken = _hand(conn, message, 0)
+            if not taken:
+                if taken is False:
+                    full.append(conn)
                 continue
-            except ConnectionClosed:
-                continue  # it is ending; it leaves the hub at the next look
             delivered += 1
             if lagging and conn in lagging:
                 with self._lock:
@@ -283,24 +281,19 @@ class Hub:
             late = [conn for conn in full if conn not in lagging] if lagging else full
             full = [conn for conn in full if conn in lagging] if lagging else []
             for conn in late:
-                try:
-                    conn.send(message, timeout=max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
+                taken = _hand(conn, message, max(0.0, deadline - time.monotonic()))
+                if taken:
+                    delivered += 1
+                elif taken is False:
                     full.append(conn)
-                    continue
-                except ConnectionClosed:
-                    continue
-                delivered += 1
-        dropped = len(full)
-        behind = full if self.on_full == "close" else []
-        if full and self.on_full == "drop" and self.grace > 0:
-            with self._lock:
-                self._lagging.update(full)
         with self._lock:
+            if full and self.on_full == "drop" and self.grace > 0:
+                self._lagging.update(full)
             self._delivered += delivered
-            self._dropped += dropped
-        for conn in behind:
-            self._cut(conn)
+            self._dropped += len(full)
+        if self.on_full == "close":
+            for conn in full:
+                self._cut(conn)
         return delivered
 
     def _live(self, exclude: Optional[Duplex]) -> List[Duplex]:
@@ -335,3 +328,15 @@ class Hub:
             # Started under the lock: close() must never see a cutter it cannot join yet.
             cutter.start()
             self._cutters[conn] = cutter
+
+
+def _hand(conn: Duplex, message: Message, timeout: float) -> Optional[bool]:
+    """Give ``message`` to one member: True once its queue took it, False if the queue stayed
+    full for ``timeout``, None if the connection is ending (it leaves the hub at the next look)."""
+    try:
+        conn.send(message, timeout=timeout)
+    except TimeoutError:
+        return False
+    except ConnectionClosed:
+        return None
+    return True
