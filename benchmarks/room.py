@@ -520,12 +520,7 @@ class ServerProcess:
         self.final: Optional[Dict[str, Any]] = None
 
     def _line(self, timeout: float) -> str:
-        assert self._proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._proc.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                raise RoomError(f"the {self.kind} server did not answer within {timeout:g} s")
-        line = self._proc.stdout.readline()
+        line = _read_line(self._proc, timeout, f"the {self.kind} server")
         if not line:
             raise RoomError(f"the {self.kind} server exited (code {self._proc.poll()})")
         return line
@@ -935,12 +930,7 @@ class FloodProcess:
             raise
 
     def _line(self, timeout: float) -> str:
-        assert self._proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._proc.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                raise RoomError(f"the flooder did not answer within {timeout:g} s")
-        return self._proc.stdout.readline()
+        return _read_line(self._proc, timeout, "the flooder")
 
     def go(self) -> None:
         assert self._proc.stdin is not None
@@ -1519,10 +1509,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_standalone(NAME, measure, format_table, metrics, CAPS, args)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _reap(proc: subprocess.Popen[str]) -> None:
     """Wait for a child told to end (killed after 10 s) and close its pipe."""
     try:
@@ -1532,3 +1518,17 @@ def _reap(proc: subprocess.Popen[str]) -> None:
         proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float, who: str) -> str:
+    """The child's next line ("" at its end); RoomError if none comes within ``timeout``."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise RoomError(f"{who} did not answer within {timeout:g} s")
+    return proc.stdout.readline()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
