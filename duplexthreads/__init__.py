@@ -8,10 +8,10 @@ closes the socket exactly once, and publishes one :class:`ExitReport`.
 from __future__ import annotations
 
 import logging
+import typing as _typing
 
 from .backplane import RedisBackplane
 from .bulk import close_all
-from .chat_server import ChatServer, serve
 from .client import BACKENDS, connect
 from .exceptions import (
     ConnectError,
@@ -39,6 +39,9 @@ from .session import (
     DEFAULT_PING_TIMEOUT,
     Duplex,
 )
+
+if _typing.TYPE_CHECKING:
+    from .chat_server import ChatServer, serve
 
 __version__ = "0.1.0"
 
@@ -83,3 +86,13 @@ __all__ = [
     "connect",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # serve() runs on Werkzeug, whose import takes about 70 ms: a program that only connects
+    # does not pay it. (PEP 562: called only for a name the module does not have.)
+    if name in ("ChatServer", "serve"):
+        from . import chat_server
+
+        return getattr(chat_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
